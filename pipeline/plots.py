@@ -1,0 +1,32 @@
+"""Matplotlib figures written to run directories and bench outputs (Agg backend, PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def line_plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
+              xlabel: str, ylabel: str, logx: bool = False, logy: bool = True,
+              styles: Mapping[str, str] | None = None) -> Path:
+    """One figure with a line per named (x, y) series; returns the PNG path."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, (x, y) in series.items():
+        ax.plot(x, y, (styles or {}).get(name, "o-"), label=name, markersize=4)
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
