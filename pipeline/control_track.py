@@ -59,15 +59,6 @@ def split_counts(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def plan_calls(starts: np.ndarray, counts: list[int], num_workers: int) -> list[tuple[list[int], np.ndarray, list[int]]]:
-    """Assign streams to rollout workers round-robin: (stream ids, start states, interval counts) per call."""
-    calls = []
-    for w in range(min(num_workers, len(starts))):
-        ids = list(range(w, len(starts), num_workers))
-        calls.append((ids, starts[ids], [counts[i] for i in ids]))
-    return calls
-
-
 def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int = 0, run: RunDir | None = None,
                 progress: bool = True) -> ControlResult:
     """Policy iteration to convergence (or the cap / loss of excitation). Raises InputError on bad set-ups."""
@@ -91,9 +82,9 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
     try:
         for _ in bar:
             policy = learner.policy()
-            calls = plan_calls(starts, counts, runtime.num_rollout_workers)
             t0 = time.perf_counter()
-            batches = rollouts.map("rollout", [(policy, s, c) for _, s, c in calls])
+            # one call per stream, spread over the workers: rows keep stream order whatever the worker count
+            batches = rollouts.map("rollout", [(policy, starts[i : i + 1], [counts[i]]) for i in range(len(starts))])
             t1 = time.perf_counter()
             rows = rewards.map("score", [(b,) for b in batches])
             try:
@@ -109,8 +100,7 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
                 run.log(learner.state.iteration, metrics, prefix=f"control/{system.name}")
             bar.set_postfix(change=f"{metrics['weight_change']:.2e}")
             if control.rollout.protocol == "continuing":
-                for (ids, _, _), batch in zip(calls, batches):
-                    starts[ids] = batch.end_states
+                starts = np.concatenate([batch.end_states for batch in batches])
             if learner.state.converged:
                 stop_reason = "converged"
                 break

@@ -149,7 +149,9 @@ class Matern:
 
     def mean(self, u: Array, T: Any, xp: Backend) -> Array:
         rate = self._rate(xp)
-        return (_exp_poly_integral(self.coeffs, u * rate, xp) + _exp_poly_integral(self.coeffs, (T - u) * rate, xp)) / rate
+        return (
+            _exp_poly_integral(self.coeffs, u * rate, xp) + _exp_poly_integral(self.coeffs, (T - u) * rate, xp)
+        ) / rate
 
     def double_mean(self, T: Any, xp: Backend) -> Any:
         rate = self._rate(xp)

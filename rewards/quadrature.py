@@ -20,16 +20,23 @@ Precision of the kernel rules (``quadrature.precision``):
 - ``"float64"``: the IntRL authors' way (as in probnum): a double-precision solve on ``K + jitter * I``. The
   jitter (default 1e-8) regularises the ill-conditioned system and the error stops falling at N ~ 8.
 
-Weights depend on the nodes only through ``nodes - a`` and ``b - a``; they are cached on these (rounded to
-``1e-13 (b - a)``, i.e. a node moves by at most that much) and the parameters, so repeated calls are cheap.
+Weights depend on the nodes only through ``nodes - a`` and ``b - a``, and are cached on these and the
+parameters. Evenly spaced nodes with both ends (the main case) are recognised up to ``1e-11 (b - a)``, the float
+noise of ``t_k + linspace(0, T, N)`` even at ``t_k ~ 1e4 T``, and use the weights of exactly evenly spaced nodes
+on ``b - a`` rounded to 12 significant digits, so every interval of a trajectory hits one cache entry (nodes and
+length move by at most 1e-11 relative, in practice by the float noise they already carry, far below any rule's
+error). Other layouts are cached on their exact offsets; to share weights between intervals, compute them once
+on ``[0, T]`` and reuse them.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -38,15 +45,17 @@ import scipy.integrate
 from pipeline.errors import ConfigError, InputError
 from rewards.kernels import NUMPY, Backend, Kernel, Matern, Wiener, mpmath_backend
 
-DEFAULTS: Mapping[str, Any] = {
-    "lengthscale": 0.3,  # Matérn lengthscale, time units of the nodes
-    "degree": 3,  # Bayes-Sard: polynomial degree integrated exactly
-    "precision": "exact",  # "exact" (mpmath solve) or "float64" (double-precision solve on K + jitter I)
-    "jitter": 1e-8,  # added to the Gram diagonal, float64 precision only
-    "start_variance": 1.0,  # bq-wiener: variance of the Brownian motion's start value (units of f^2 / time)
-}
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "lengthscale": 0.3,  # Matérn lengthscale, time units of the nodes
+        "degree": 3,  # Bayes-Sard: polynomial degree integrated exactly
+        "precision": "exact",  # "exact" (mpmath solve) or "float64" (double-precision solve on K + jitter I)
+        "jitter": 1e-8,  # added to the Gram diagonal with precision "float64" only (exact solves need none)
+        "start_variance": 1.0,  # bq-wiener: variance of the Brownian motion's start value (units of f^2 / time)
+    }
+)
 PRECISIONS = ("exact", "float64")
-_KEY_DECIMALS = 13  # node offsets / (b - a) are rounded to this many decimals for the cache key
+_UNIFORM_TOL = 1e-11  # nodes this close (relative to b - a) to evenly spaced count as evenly spaced
 _MIN_DPS = 50
 
 
@@ -76,7 +85,7 @@ RULES: tuple[str, ...] = tuple(_RULES)
 
 
 def _positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise ConfigError(f"quadrature.{key} = {value!r}: expected {expected}")
@@ -99,7 +108,7 @@ def check_rule_params(rule: str, num_nodes: int, **params: Any) -> None:
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"quadrature.{unknown[0]}: unknown parameter; expected some of {', '.join(DEFAULTS)}")
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, np.integer)) or num_nodes < 2:
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, numbers.Integral) or num_nodes < 2:
         raise ConfigError(f"quadrature.num_nodes = {num_nodes!r}: expected an integer >= 2")
     if rule == "simpson" and num_nodes % 2 == 0:
         raise ConfigError(
@@ -113,7 +122,7 @@ def check_rule_params(rule: str, num_nodes: int, **params: Any) -> None:
     if p["precision"] not in PRECISIONS:
         raise ConfigError(f"quadrature.precision = {p['precision']!r}: expected one of {', '.join(PRECISIONS)}")
     degree = p["degree"]
-    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 0:
+    if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 0:
         raise ConfigError(f"quadrature.degree = {degree!r}: expected an integer >= 0")
     if _RULES[rule].sard and degree > num_nodes - 1:
         raise ConfigError(
@@ -122,8 +131,12 @@ def check_rule_params(rule: str, num_nodes: int, **params: Any) -> None:
         )
 
 
-def _offsets(nodes: np.ndarray, a: float, b: float) -> tuple[np.ndarray, float]:
-    """Node offsets ``nodes - a`` (clipped into [0, T] within 1e-12 T) and ``T = b - a``; raises InputError."""
+def _offsets(nodes: np.ndarray, a: float, b: float, *, need_ends: bool = False) -> tuple[np.ndarray, float]:
+    """Node offsets ``nodes - a`` clipped into [0, T] and ``T = b - a``; raises InputError.
+
+    Nodes may leave [a, b] by float noise (1e-12 T plus a few ulps of a and b); with ``need_ends`` the first and
+    last node must be a and b within that noise.
+    """
     if not (math.isfinite(a) and math.isfinite(b) and b > a):
         raise InputError(f"quadrature interval [a, b] = [{a}, {b}]: expected finite a < b")
     if nodes.ndim != 1 or not np.all(np.isfinite(nodes)):
@@ -132,9 +145,11 @@ def _offsets(nodes: np.ndarray, a: float, b: float) -> tuple[np.ndarray, float]:
         raise InputError("quadrature nodes: expected strictly increasing nodes")
     T = float(b - a)
     u = nodes - a
-    tol = 1e-12 * T
+    tol = 1e-12 * T + 8 * np.finfo(np.float64).eps * max(abs(a), abs(b))
     if u[0] < -tol or u[-1] > T + tol:
         raise InputError(f"quadrature nodes span [{nodes[0]}, {nodes[-1]}], outside the interval [{a}, {b}]")
+    if need_ends and (u[0] > tol or u[-1] < T - tol):
+        raise InputError(f"quadrature nodes span [{nodes[0]}, {nodes[-1]}]: this rule needs both ends of [{a}, {b}]")
     return np.clip(u, 0.0, T), T
 
 
@@ -155,10 +170,8 @@ def weights(rule: str, nodes: np.ndarray, a: float, b: float, **params: Any) -> 
     """
     nodes = np.asarray(nodes, dtype=np.float64)
     check_rule_params(rule, nodes.size, **params)
-    u, T = _offsets(nodes, a, b)
-    if _RULES[rule].kernel is None and (u[0] > 1e-12 * T or u[-1] < T - 1e-12 * T):
-        raise InputError(f"quadrature.rule = {rule}: the nodes must include both ends of [{a}, {b}]")
-    return _cached_weights(rule, *_cache_key(rule, u, T, params)).copy()
+    u, T = _offsets(nodes, a, b, need_ends=_RULES[rule].kernel is None)
+    return _cached_weights(*_cache_key(rule, u, T, params)).copy()
 
 
 def integrate(rule: str, values: np.ndarray, nodes: np.ndarray, a: float, b: float, **params: Any) -> np.ndarray:
@@ -185,24 +198,36 @@ def posterior_variance(rule: str, nodes: np.ndarray, a: float, b: float, **param
     if _RULES[rule].kernel is None:
         raise ConfigError(f"quadrature.rule = {rule!r}: posterior variance needs a kernel rule (bq-*, bsq-*)")
     u, T = _offsets(nodes, a, b)
-    return _cached_variance(rule, *_cache_key(rule, u, T, params))
+    return _cached_variance(*_cache_key(rule, u, T, params))
 
 
-def _cache_key(rule: str, u: np.ndarray, T: float, params: Mapping[str, Any]) -> tuple[tuple, float, tuple]:
-    """Hashable (offsets / T rounded, T, the rule's parameters with defaults)."""
-    used = _RULES[rule].params
+def _cache_key(rule: str, u: np.ndarray, T: float, params: Mapping[str, Any]) -> tuple[str, int | tuple, float, tuple]:
+    """Hashable (rule, layout, T, the rule's parameters with defaults).
+
+    The layout is N for evenly spaced nodes with both ends (within ``_UNIFORM_TOL * T``: the float noise of
+    ``t_k + linspace(0, T, N)``), then T is rounded to 12 significant digits so that all intervals share one entry;
+    otherwise it is the exact tuple of offsets and T is kept exact.
+    """
     p = {**DEFAULTS, **params}
-    return tuple(np.round(u / T, _KEY_DECIMALS).tolist()), T, tuple((k, p[k]) for k in used)
+    params_key = tuple((k, p[k]) for k in _RULES[rule].params)
+    if np.max(np.abs(u - np.linspace(0.0, T, u.size))) <= _UNIFORM_TOL * T:
+        return rule, u.size, float(f"{T:.12g}"), params_key
+    return rule, tuple(u.tolist()), T, params_key
+
+
+def _layout_offsets(layout: int | tuple[float, ...], T: float) -> np.ndarray:
+    return np.linspace(0.0, T, layout) if isinstance(layout, int) else np.array(layout)
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_weights(rule: str, u_key: tuple[float, ...], T: float, params_key: tuple) -> np.ndarray:
-    u, p, spec = np.array(u_key) * T, dict(params_key), _RULES[rule]
+def _cached_weights(rule: str, layout: int | tuple[float, ...], T: float, params_key: tuple) -> np.ndarray:
+    """Weights (N,) for the offsets ``layout`` in [0, T], read-only."""
+    u, p, spec = _layout_offsets(layout, T), dict(params_key), _RULES[rule]
     if spec.kernel is None:
         integrator = scipy.integrate.trapezoid if rule == "trapezoid" else scipy.integrate.simpson
         c = integrator(np.eye(u.size), x=u, axis=-1)
     elif p["precision"] == "float64":
-        c = _kernel_weights(spec, p, u, T, NUMPY)
+        c = _kernel_weights(spec, p, u, T, NUMPY, jitter=p["jitter"])
     else:
         c = np.array(_kernel_weights(spec, p, u, T, mpmath_backend(_working_dps(p, u, T))), dtype=np.float64)
     c.setflags(write=False)
@@ -210,23 +235,25 @@ def _cached_weights(rule: str, u_key: tuple[float, ...], T: float, params_key: t
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_variance(rule: str, u_key: tuple[float, ...], T: float, params_key: tuple) -> float:
-    u, p, spec = np.array(u_key) * T, dict(params_key), _RULES[rule]
+def _cached_variance(rule: str, layout: int | tuple[float, ...], T: float, params_key: tuple) -> float:
+    u, p, spec = _layout_offsets(layout, T), dict(params_key), _RULES[rule]
     xp = mpmath_backend(_working_dps(p, u, T) + 20)
     if p["precision"] == "float64":
-        c = xp.array(_cached_weights(rule, u_key, T, params_key))
+        c = xp.array(_cached_weights(rule, layout, T, params_key))
     else:
         c = _kernel_weights(spec, p, u, T, xp)
     kernel, uu, TT = spec.kernel(p), xp.array(u), xp.scalar(T)
     return float(kernel.double_mean(TT, xp) - 2 * c @ kernel.mean(uu, TT, xp) + c @ kernel.gram(uu, uu, xp) @ c)
 
 
-def _kernel_weights(spec: _Rule, p: Mapping[str, Any], u: np.ndarray, T: float, xp: Backend) -> np.ndarray:
-    """BQ weights ``K^-1 z`` or Bayes-Sard weights from the saddle-point system, in the backend's numbers."""
+def _kernel_weights(
+    spec: _Rule, p: Mapping[str, Any], u: np.ndarray, T: float, xp: Backend, *, jitter: float = 0.0
+) -> np.ndarray:
+    """BQ weights ``(K + jitter I)^-1 z`` or Bayes-Sard weights from the saddle-point system, in xp's numbers."""
     kernel, uu, TT = spec.kernel(p), xp.array(u), xp.scalar(T)
     K, z = kernel.gram(uu, uu, xp), kernel.mean(uu, TT, xp)
-    if xp is NUMPY:
-        K = K + p["jitter"] * np.eye(u.size)
+    if jitter:
+        K = K + jitter * np.eye(u.size)
     if not spec.sard:
         return xp.solve(K, z)
     powers = np.arange(p["degree"] + 1)

@@ -121,7 +121,15 @@ class VideoPolicy:
     meta: dict = field(default_factory=dict)
 
     def __call__(self, x: Tensor, level: Tensor, cond: Conditions) -> Tensor:
-        return self.net(x, level * self.time_scale, cond)
+        return self.net(x, self.timestep(level), cond)
+
+    def timestep(self, level: Tensor) -> Tensor:
+        """Noise level (B,) -> model timestep (B,): ``time_scale * sigma`` for flow models, the index of the
+        nearest ``alpha_bar`` in ``meta['alphas_cumprod']`` for epsilon models."""
+        if self.parametrisation == "flow":
+            return level * self.time_scale
+        alphas = self.meta["alphas_cumprod"].to(level.dtype)
+        return (alphas[None, :] - level[:, None]).abs().argmin(dim=1)
 
     def reference(self, x: Tensor, level: Tensor, cond: Conditions) -> Tensor:
         """Output of the reference model (no grad): LoRA adapters disabled, or the frozen initial copy."""
@@ -130,12 +138,12 @@ class VideoPolicy:
                 inner = _inner_model(self.net)
                 inner.disable_adapters()
                 try:
-                    return self.net(x, level * self.time_scale, cond)
+                    return self(x, level, cond)
                 finally:
                     inner.enable_adapters()
             if self.frozen_reference is None:
                 self.frozen_reference = copy.deepcopy(self.net).requires_grad_(False).eval()
-            return self.frozen_reference(x, level * self.time_scale, cond)
+            return self.frozen_reference(x, self.timestep(level), cond)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.net.parameters() if p.requires_grad]
@@ -209,3 +217,101 @@ def load_tiny_policy(directory: str | Path) -> VideoPolicy:
         raise InputError(f"{weights_path}: weights do not fit {config}: {exc}") from exc
     policy.meta["source"] = str(directory)
     return policy
+
+
+#: diffusers class name -> family tag used by :class:`TransformerVideoNet`.
+TRANSFORMER_CLASSES = {"WanTransformer3DModel": "wan", "CogVideoXTransformer3DModel": "cogvideox",
+                       "LTXVideoTransformer3DModel": "ltx"}
+#: Attention projections that receive LoRA adapters (same names in all three classes).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+class TransformerVideoNet(nn.Module):
+    """A diffusers video transformer in pixel space: context frames are prepended (clean) on the time axis, text
+    embeddings default to zeros; the output keeps only the generated frames."""
+
+    def __init__(self, model: nn.Module, family: str) -> None:
+        super().__init__()
+        self.model, self.family = model, family
+        cfg = model.config
+        self.text_dim = {"wan": "text_dim", "cogvideox": "text_embed_dim", "ltx": "caption_channels"}[family]
+        self.text_dim = int(cfg[self.text_dim])
+        self.text_len = int(cfg.get("max_text_seq_length", 4)) if family == "cogvideox" else 4
+
+    def forward(self, x: Tensor, timestep: Tensor, cond: Conditions) -> Tensor:
+        """x: (B, T, 3, H, W); timestep: (B,); returns (B, T, 3, H, W)."""
+        b, t, c, h, w = x.shape
+        full = torch.cat([cond.context.to(x.dtype), x], dim=1)
+        frames = full.shape[1]
+        text = cond.text if cond.text is not None else x.new_zeros(b, self.text_len, self.text_dim)
+        if self.family == "wan":
+            out = self.model(full.transpose(1, 2), timestep, text).sample.transpose(1, 2)
+        elif self.family == "cogvideox":
+            out = self.model(full, text, timestep).sample
+        else:
+            tokens = full.permute(0, 1, 3, 4, 2).reshape(b, frames * h * w, c)
+            mask = torch.ones(b, text.shape[1], dtype=x.dtype)
+            out = self.model(tokens, text, timestep, mask, num_frames=frames, height=h, width=w).sample
+            out = out.reshape(b, frames, h, w, c).permute(0, 1, 4, 2, 3)
+        return out[:, -t:]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def _scheduler_parametrisation(root: Path) -> tuple[Parametrisation, Tensor | None]:
+    """Parametrisation implied by ``root/scheduler/scheduler_config.json`` (flow if there is none)."""
+    path = root / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return "flow", None
+    cfg = _read_json(path)
+    name, prediction = cfg.get("_class_name", "?"), cfg.get("prediction_type", "epsilon")
+    if name.startswith("FlowMatch") or prediction == "flow_prediction" or cfg.get("use_flow_sigmas"):
+        return "flow", None
+    if prediction == "epsilon" and name in ("DDIMScheduler", "DDPMScheduler"):
+        from diffusers import DDIMScheduler
+
+        return "epsilon", DDIMScheduler.from_config(cfg).alphas_cumprod.float()
+    raise InputError(f"{path}: scheduler {name} with prediction_type={prediction!r} does not fit the samplers "
+                     "here (flow matching -> sde/cps, epsilon DDIM/DDPM -> ddim); convert the model or its scheduler")
+
+
+def load_transformer_policy(path: str | Path, *, lora_rank: int = 8, lora_alpha: float | None = None,
+                            expected_class: str | None = None) -> VideoPolicy:
+    """Load a diffusers video transformer (a model folder, or a pipeline folder with ``transformer/``) from a
+    local path and add LoRA adapters (peft) on the attention projections; the reference = adapters disabled.
+
+    Raises InputError before any work for a missing path, an unsupported/unexpected class, a model that is not
+    in pixel space (in_channels != 3), or a scheduler that fits no sampler.
+    """
+    from peft import LoraConfig
+
+    root = Path(path)
+    model_dir = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"model path {root}: no config.json there or in {root / 'transformer'}")
+    cls_name = _read_json(model_dir / "config.json").get("_class_name")
+    if cls_name not in TRANSFORMER_CLASSES or (expected_class and cls_name != expected_class):
+        wanted = expected_class or sorted(TRANSFORMER_CLASSES)
+        raise InputError(f"model path {model_dir}: class {cls_name!r}, expected {wanted!r}")
+    if lora_rank < 1:
+        raise ConfigError(f"model.lora_rank = {lora_rank}: expected an integer >= 1")
+    parametrisation, alphas = _scheduler_parametrisation(root)
+    import diffusers
+
+    model = getattr(diffusers, cls_name).from_pretrained(str(model_dir))
+    if model.config.in_channels != 3:
+        raise InputError(f"{model_dir}: in_channels = {model.config.in_channels}; this loader works in pixel "
+                         "space (3 channels, no VAE)")
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, target_modules=list(LORA_TARGETS),
+                                 init_lora_weights=True))
+    meta = {"kind": "transformer", "class": cls_name, "source": str(root)}
+    if alphas is not None:
+        meta["alphas_cumprod"] = alphas
+    return VideoPolicy(net=TransformerVideoNet(model, TRANSFORMER_CLASSES[cls_name]),
+                       parametrisation=parametrisation, residual=False, lora=True, meta=meta)

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from envs.newton import PRIMITIVES
+from pipeline.errors import ConfigError, InputError
+from rollouts import samplers
 from rollouts.models import Conditions, VideoPolicy
 
 
@@ -37,12 +39,14 @@ def primitive_label(primitive: str) -> int:
 @dataclass
 class ConditionBatch:
     """Conditions of B scenes as plain data: ``context`` (B, Tc, H, W, 3) uint8, ``labels`` (B,) int64,
-    ``reference`` (B, T_total, H, W, 3) uint8 ground-truth clips (for rewards/metrics), ``specs``: scene dicts."""
+    ``reference`` (B, T_total, H, W, 3) uint8 ground-truth clips (for rewards/metrics), ``specs``: scene dicts,
+    ``groups``: (B,) condition ids after :meth:`repeat` (None: every row its own condition)."""
 
     context: np.ndarray
     labels: np.ndarray
     reference: np.ndarray
     specs: list[dict] = field(default_factory=list)
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,7 +57,8 @@ class ConditionBatch:
     def repeat(self, k: int) -> ConditionBatch:
         """Each scene repeated k times consecutively: B -> B * k (GRPO groups)."""
         return ConditionBatch(np.repeat(self.context, k, 0), np.repeat(self.labels, k, 0),
-                              np.repeat(self.reference, k, 0), [s for s in self.specs for _ in range(k)])
+                              np.repeat(self.reference, k, 0), [s for s in self.specs for _ in range(k)],
+                              groups=np.repeat(np.arange(len(self)), k))
 
 
 def clips_to_conditions(clips: Sequence, *, context_frames: int = 4) -> ConditionBatch:
@@ -72,3 +77,109 @@ def model_fn(policy: VideoPolicy, cond: Conditions):
     def fn(x: Tensor, level: Tensor, _step: int) -> Tensor:
         return policy(x, level, cond)
     return fn
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """``kind``: 'sde' | 'cps' (flow models) or 'ddim' (epsilon models); ``num_steps``: sampling steps;
+    ``window``: [start, end) stochastic steps with log-probs (None: all with non-zero noise); ``noise_level``:
+    Flow-GRPO ``a`` or DDIM ``eta``; ``shift``: flow time shift; ``shared_noise``: one initial noise per group."""
+
+    kind: samplers.StepKind = "sde"
+    num_steps: int = 10
+    window: tuple[int, int] | None = None
+    noise_level: float = 0.7
+    shift: float = 1.0
+    shared_noise: bool = False
+
+    def check(self, policy: VideoPolicy) -> None:
+        """ConfigError if the sampler does not fit the policy's parametrisation or the window is invalid."""
+        wanted = "epsilon" if self.kind == "ddim" else "flow"
+        if policy.parametrisation != wanted:
+            raise ConfigError(f"sampler.kind = {self.kind!r} needs a {wanted} model, but the policy predicts "
+                              f"{policy.parametrisation!r}; use {'ddim' if wanted == 'flow' else 'sde or cps'}")
+        window = self.window or samplers.default_window(self.num_steps, self.kind)
+        samplers.check_window(tuple(window), self.num_steps, self.kind)
+
+
+def sampler_levels(policy: VideoPolicy, cfg: SamplerConfig) -> Tensor:
+    """Noise-level grid of ``cfg.num_steps + 1`` points (sigma for flow, alpha_bar for DDIM)."""
+    if cfg.kind == "ddim":
+        return samplers.ddim_alpha_bars(policy.meta["alphas_cumprod"], cfg.num_steps)[1]
+    return samplers.flow_sigmas(cfg.num_steps, shift=cfg.shift)
+
+
+@dataclass
+class RolloutBatch:
+    """One batch of rollouts; stages add ``rewards`` and ``advantages``.
+
+    ``videos``: (B, T_total, H, W, 3) uint8 = context ++ generated frames; ``latents``: (B, K + 1, T, 3, H, W)
+    states in the sample space at the K window steps; ``log_probs``: (B, K) behaviour log-probs (nats/element);
+    ``levels``: (K + 1,); ``groups``: (B,) condition ids."""
+
+    conditions: ConditionBatch
+    groups: np.ndarray
+    videos: np.ndarray
+    latents: Tensor
+    log_probs: Tensor
+    levels: Tensor
+    weights_version: int
+    sampler: SamplerConfig
+    rewards: dict[str, np.ndarray] = field(default_factory=dict)
+    advantages: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def initial_noise(shape: tuple[int, ...], groups: np.ndarray | None, *, shared: bool,
+                  generator: torch.Generator) -> Tensor:
+    """(B, ...) standard normal noise; with ``shared`` every group gets one draw (DanceGRPO)."""
+    if not shared or groups is None:
+        return torch.randn(shape, generator=generator)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    per_group = torch.randn((len(uniq), *shape[1:]), generator=generator)
+    return per_group[torch.from_numpy(inverse)]
+
+
+def generate(policy: VideoPolicy, cond: Conditions, noise: Tensor, levels: Tensor, cfg: SamplerConfig,
+             generator: torch.Generator | None) -> tuple[samplers.Trajectory, Tensor]:
+    """Sample future frames: (trajectory in sample space, frames (B, T, 3, H, W) in [-1, 1])."""
+    traj = samplers.sample_with_window(model_fn(policy, cond), noise, levels, kind=cfg.kind, window=cfg.window,
+                                       noise_level=cfg.noise_level, generator=generator)
+    return traj, policy.to_video(traj.final, cond)
+
+
+class VideoRolloutWorker:
+    """Rollout role: ``sample(conditions, weights_version) -> RolloutBatch`` with per-step log-probs.
+
+    Holds a policy copy and a generator seeded with ``seed + worker_index``; ``set_weights`` bumps the version.
+    """
+
+    def __init__(self, policy: VideoPolicy, sampler: SamplerConfig, *, seed: int = 0, worker_index: int = 0) -> None:
+        sampler.check(policy)
+        self.policy, self.sampler, self.version = policy, sampler, 0
+        self.policy.net.eval()
+        self.generator = torch.Generator().manual_seed(seed + worker_index)
+
+    def set_weights(self, weights: dict[str, Tensor], version: int) -> None:
+        self.policy.set_weights(weights)
+        self.version = int(version)
+
+    def sample(self, conditions: ConditionBatch, weights_version: int) -> RolloutBatch:
+        """Generate one clip per condition row (rows of one group share ``conditions.groups``)."""
+        if weights_version > self.version:
+            raise InputError(f"rollout worker holds weights v{self.version}, asked to sample with "
+                             f"v{weights_version}: call set_weights first")
+        cond = conditions.conditions()
+        b, total, h, w, _ = conditions.reference.shape
+        frames = total - conditions.context.shape[1]
+        noise = initial_noise((b, frames, 3, h, w), conditions.groups, shared=self.sampler.shared_noise,
+                              generator=self.generator)
+        traj, video = generate(self.policy, cond, noise, sampler_levels(self.policy, self.sampler), self.sampler,
+                               self.generator)
+        clip = np.concatenate([conditions.context, float_to_uint8(video)], axis=1)
+        groups = conditions.groups if conditions.groups is not None else np.arange(b)
+        return RolloutBatch(conditions=conditions, groups=groups, videos=clip, latents=traj.latents,
+                            log_probs=traj.log_probs, levels=traj.levels, weights_version=self.version,
+                            sampler=self.sampler)

@@ -1,6 +1,6 @@
 """OpenCV renderer: static textured scene (floor, ramp) plus one moving object, anti-aliased, sub-pixel exact.
 
-Every shape is drawn with ``cv2.LINE_AA`` at 1/256 px precision (``shift=8``) on a 4x finer grid and box-averaged
+Every shape is drawn with ``cv2.LINE_AA`` at 1/256 px precision (``shift=8``) on an 8x finer grid and box-averaged
 (``cv2.INTER_AREA``) into a coverage map alpha in [0, 1];
 the frame is ``background * (1 - alpha) + shaded object colour * alpha`` and the mask is ``alpha >= 0.5``, so
 mask and pixels come from the same drawing. The object carries a soft highlight that moves rigidly with it
@@ -21,8 +21,10 @@ from pipeline.errors import InputError
 SHIFT = 8
 #: coverage is drawn on a SUPERSAMPLE x finer grid and box-averaged: OpenCV's anti-aliased polygon fill
 #: snaps horizontal edges to whole rows, which would bias vertical sub-pixel positions by up to ~0.4 px.
-SUPERSAMPLE = 4
+SUPERSAMPLE = 8
 _ONE = float(1 << SHIFT)
+#: growth of OpenCV's anti-aliased fill, frame px (measured: 0.70 / 0.61 px on the fine grid)
+_GROWTH_POLYGON, _GROWTH_CIRCLE = 0.70 / SUPERSAMPLE, 0.61 / SUPERSAMPLE
 FLOOR_RGB = np.array([95.0, 80.0, 65.0])
 RAMP_RGB = np.array([125.0, 110.0, 95.0])
 _SCENE_ALPHA = 0.85
@@ -33,33 +35,56 @@ def _fixed(points: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(points, dtype=np.float64) * _ONE).astype(np.int32)
 
 
-def _to_fine(points: np.ndarray) -> np.ndarray:
-    """Frame px (pixel centres at integers) -> fine-grid px with the same convention."""
-    return (np.asarray(points, dtype=np.float64) + 0.5) * SUPERSAMPLE - 0.5
-
-
 def coverage(resolution: tuple[int, int], *, polygon: np.ndarray | None = None,
-             circle: tuple[np.ndarray, float] | None = None) -> np.ndarray:
-    """(H, W) float32 area coverage in [0, 1] of a polygon (N, 2) px or a circle (centre (x, y) px, radius px)."""
+             circle: tuple[np.ndarray, float] | None = None, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """(h, w) float32 area coverage in [0, 1] of a polygon (N, 2) px or a circle (centre (x, y) px, radius px).
+
+    The (h, w) = ``resolution`` pixels cover frame pixels x0..x0+w-1, y0..y0+h-1 with ``origin = (x0, y0)``.
+    """
     h, w = resolution
+
+    def to_fine(points: np.ndarray) -> np.ndarray:  # frame px -> fine-grid px, both with pixel centres at integers
+        return (np.asarray(points, dtype=np.float64) - origin + 0.5) * SUPERSAMPLE - 0.5
+
     canvas = np.zeros((h * SUPERSAMPLE, w * SUPERSAMPLE), np.uint8)
     if polygon is not None:
-        cv2.fillPoly(canvas, [_fixed(_to_fine(polygon))], 255, cv2.LINE_AA, SHIFT)
+        cv2.fillPoly(canvas, [_fixed(to_fine(polygon))], 255, cv2.LINE_AA, SHIFT)
     else:
         center, radius = circle
-        cx, cy = _fixed(_to_fine(np.asarray(center)[None]))[0]
+        cx, cy = _fixed(to_fine(np.asarray(center)[None]))[0]
         cv2.circle(canvas, (int(cx), int(cy)), int(round(radius * SUPERSAMPLE * _ONE)), 255, -1, cv2.LINE_AA, SHIFT)
-    fine = canvas.astype(np.float32) / 255.0
-    return cv2.resize(fine, (w, h), interpolation=cv2.INTER_AREA)
+    return cv2.resize(canvas.astype(np.float32) / 255.0, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def object_patch(spec: SceneSpec, center: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Coverage (h, w) of the object centred at ``center`` (x, y) px on the frame region ``(rows, cols)``.
+
+    The region is the object's bounding box (+2 px) clipped to the frame; it may be empty off-frame. OpenCV's
+    anti-aliased fill grows shapes by ~0.7 (polygons) / 0.6 (circles) fine-grid px; the object is drawn
+    smaller by that much so that the coverage area matches the true shape.
+    """
+    height, width = spec.resolution
+    reach = spec.size / 2 + 2
+    x0, y0 = max(0, int(np.floor(center[0] - reach))), max(0, int(np.floor(center[1] - reach)))
+    x1, y1 = min(width, int(np.ceil(center[0] + reach)) + 1), min(height, int(np.ceil(center[1] + reach)) + 1)
+    region = (slice(y0, max(y0, y1)), slice(x0, max(x0, x1)))
+    shape = (max(0, y1 - y0), max(0, x1 - x0))
+    if 0 in shape:
+        return np.zeros(shape, np.float32), region
+    down = -slope_axes(spec)[1] if spec.primitive in RAMP_PRIMITIVES else np.array([0.0, 1.0])
+    inset = contact_offset(spec.shape, spec.size) / (spec.size / 2)  # inradius / circumradius
+    if spec.shape == "circle":
+        return coverage(shape, circle=(center, spec.size / 2 - _GROWTH_CIRCLE), origin=(x0, y0)), region
+    vertices = outline(spec.shape, center, spec.size - 2 * _GROWTH_POLYGON / inset, down)
+    return coverage(shape, polygon=vertices, origin=(x0, y0)), region
 
 
 def object_coverage(spec: SceneSpec, center: np.ndarray) -> np.ndarray:
     """(H, W) float32 anti-aliased coverage in [0, 1] of the object centred at ``center`` (x, y) px."""
-    down = -slope_axes(spec)[1] if spec.primitive in RAMP_PRIMITIVES else np.array([0.0, 1.0])
-    vertices = outline(spec.shape, center, spec.size, down)
-    if vertices is not None:
-        return coverage(spec.resolution, polygon=vertices)
-    return coverage(spec.resolution, circle=(center, spec.size / 2))
+    alpha = np.zeros(spec.resolution, np.float32)
+    patch, region = object_patch(spec, np.asarray(center, dtype=np.float64))
+    alpha[region] = patch
+    return alpha
 
 
 def _ramp_polygon(spec: SceneSpec) -> np.ndarray:
@@ -86,26 +111,27 @@ def scene_background(spec: SceneSpec, seed: int) -> np.ndarray:
     return image
 
 
-def _shaded_color(spec: SceneSpec, center: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(H, W, 3) object colour with a highlight fixed to the object (brighter upper-left, darker lower-right)."""
+def _shaded_color(spec: SceneSpec, center: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
+    """(h, w, 3) object colour on ``region`` with a highlight fixed to the object (bright upper left)."""
     radius = spec.size / 2
     spot = np.asarray(center) - 0.35 * radius
-    dist = np.hypot(grid[0] - spot[0], grid[1] - spot[1]) / radius
-    factor = 1.15 - 0.3 * np.clip(dist, 0.0, 1.5)
-    return np.asarray(spec.color, np.float32) * factor[..., None]
+    ys, xs = np.ogrid[region[0], region[1]]
+    factor = 1.15 - 0.3 * np.clip(np.hypot(xs - spot[0], ys - spot[1]) / radius, 0.0, 1.5)
+    return np.asarray(spec.color, np.float32) * factor[..., None].astype(np.float32)
 
 
 def _draw(spec: SceneSpec, positions: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Video (T, H, W, 3) uint8 and masks (T, H, W) bool of the object following ``positions`` (T, 2)."""
     scene = scene_background(spec, seed)
-    grid = np.meshgrid(np.arange(spec.resolution[1], dtype=np.float32), np.arange(spec.resolution[0], dtype=np.float32))
-    video = np.empty((len(positions), *spec.resolution, 3), np.uint8)
-    masks = np.empty((len(positions), *spec.resolution), bool)
+    video = np.repeat(np.clip(np.rint(scene), 0, 255).astype(np.uint8)[None], len(positions), axis=0)
+    masks = np.zeros((len(positions), *spec.resolution), bool)
     for k, center in enumerate(positions):
-        alpha = object_coverage(spec, center)
-        frame = scene * (1 - alpha[..., None]) + _shaded_color(spec, center, grid) * alpha[..., None]
-        video[k] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-        masks[k] = alpha >= 0.5
+        alpha, region = object_patch(spec, center)
+        if alpha.size == 0:
+            continue
+        blend = scene[region] * (1 - alpha[..., None]) + _shaded_color(spec, center, region) * alpha[..., None]
+        video[k][region] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+        masks[k][region] = alpha >= 0.5
     return video, masks
 
 

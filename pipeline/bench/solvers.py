@@ -9,7 +9,8 @@
     dx/dt = A x with utility x'x on intervals of length T: rows phi(x_k) - phi(e^{AT} x_k), targets
     V(x_k) - V(e^{AT} x_k) = the exact interval integral (V = x'Px, A'P + PA + I = 0), states x_k ~ U[-1, 1]^2,
     phi = Gaussian RBFs on a per_dim x per_dim grid over [-1, 1]^2 (width = grid spacing), plus a ridge.
-    Greedy (GSL) / random / cyclic BCD vs CG vs Cholesky to a relative gradient norm ``--tol``.
+    Also ("regression") the plain fit of V(x_k) on phi(x_k), as for a critic trained on returns. Greedy (GSL) /
+    random / cyclic BCD vs CG vs Cholesky to a relative gradient norm ``--tol`` (optionally with an L1 penalty).
 """
 
 from __future__ import annotations
@@ -49,10 +50,17 @@ def _ints(text: str) -> list[int]:
         raise ConfigError(f"expected a comma-separated list of integers, got {text!r}") from exc
 
 
+def _problems(text: str) -> list[str]:
+    kinds = [k for k in text.split(",") if k]
+    if not kinds or set(kinds) - {"bellman", "regression"}:
+        raise ConfigError(f"--problems={text!r}: expected a comma-separated subset of bellman,regression")
+    return kinds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", choices=("ns", "bcd", "all"), default="all", help="which benchmark to run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs are skipped without a GPU)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared CPU)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     ns = parser.add_argument_group("part (a): Newton-Schulz vs Cholesky")
@@ -64,26 +72,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ns.add_argument("--max-work", type=float, default=2e9, help="skip (B, p) with B p^3 above this")
     ns.add_argument("--max-memory-gb", type=float, default=3.0, help="skip (B, p) needing more memory than this")
     bcd = parser.add_argument_group("part (b): block coordinate descent vs CG vs direct")
+    bcd.add_argument("--problems", type=_problems, default=["bellman", "regression"],
+                     help="comma-separated subset of bellman,regression")
     bcd.add_argument("--grid", type=_ints, default=[32, 63], help="RBF grid sizes per dim (p = n^2): 32,63")
     bcd.add_argument("--rows-factor", type=float, default=2.0, help="sampled intervals M = factor * p")
     bcd.add_argument("--interval", type=float, default=0.1, help="interval length T (s)")
     bcd.add_argument("--ridge", type=float, default=1e-4, help="ridge, relative to the mean diagonal of X'X")
     bcd.add_argument("--tol", type=float, default=1e-6, help="stop at ||gradient|| <= tol ||X'y||")
     bcd.add_argument("--block-size", type=int, default=64, help="BCD block size (contiguous grid centres)")
+    bcd.add_argument("--l1", type=float, default=0.0, help="L1 weight as a fraction of max|X'y| (0: none)")
     bcd.add_argument("--max-epochs", type=float, default=300.0, help="BCD budget in passes over all features")
 
 
-def _timed(fn: Callable[[], Any], *, repeats: int, device: torch.device) -> tuple[float, Any]:
-    """Median wall time (s) of ``fn`` over ``repeats`` runs after one warm-up, and its last output."""
-    out, times = fn(), []
-    for _ in range(repeats):
+def _timed(fn: Callable[[], Any], *, repeats: int, device: torch.device, min_s: float = 0.02) -> tuple[float, Any]:
+    """Median wall time (s) per call of ``fn`` over ``repeats`` rounds (each >= ~min_s, after a warm-up call)."""
+
+    def round_time(n: int) -> tuple[float, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        out = fn()
+        for _ in range(n):
+            out = fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
+        return (time.perf_counter() - t0) / n, out
+
+    single, out = round_time(1)
+    n = max(1, int(min_s / max(single, 1e-9)))
+    times = []
+    for _ in range(repeats):
+        t, out = round_time(n)
+        times.append(t)
     return statistics.median(times), out
 
 
@@ -155,60 +174,70 @@ def run_newton_schulz(args: argparse.Namespace, device: torch.device, result: Be
         result.notes.append(f"{label} Newton-Schulz beats batched Cholesky from: {text}")
 
 
-def policy_evaluation_problem(per_dim: int, args: argparse.Namespace, device: torch.device) -> QuadraticProblem:
-    """The integral-Bellman RBF least squares of part (b) (see module docstring), p = per_dim^2 features."""
+def critic_problem(kind: str, per_dim: int, args: argparse.Namespace, device: torch.device) -> QuadraticProblem:
+    """Least squares of part (b) (module docstring) with p = per_dim^2 RBF features and the ridge of ``args``.
+
+    kind "bellman": rows phi(x_k) - phi(e^{AT} x_k), targets V(x_k) - V(e^{AT} x_k) (integral Bellman equation);
+    kind "regression": rows phi(x_k), targets V(x_k) (a critic fitted to exact values / Monte-Carlo returns).
+    """
     A = torch.tensor(_A, dtype=torch.float64)
     P = torch.from_numpy(scipy.linalg.solve_continuous_lyapunov(A.T.numpy(), -np.eye(2)))
     p = per_dim * per_dim
-    m = int(math.ceil(args.rows_factor * p))
     g = torch.Generator().manual_seed(args.seed)
-    x0 = 2 * torch.rand(m, 2, generator=g, dtype=torch.float64) - 1
-    xT = x0 @ torch.linalg.matrix_exp(A * args.interval).T
+    x0 = 2 * torch.rand(int(math.ceil(args.rows_factor * p)), 2, generator=g, dtype=torch.float64) - 1
     centres = grid_centres(-1.0, 1.0, per_dim=per_dim, dim=2)
     width = 2.0 / (per_dim - 1)
-    X = (rbf_features(x0, centres, width) - rbf_features(xT, centres, width)).to(device)
-    y = (((x0 @ P) * x0).sum(-1) - ((xT @ P) * xT).sum(-1)).to(device)  # V(x0) - V(xT)
+    X, y = rbf_features(x0, centres, width), ((x0 @ P) * x0).sum(-1)
+    if kind == "bellman":
+        xT = x0 @ torch.linalg.matrix_exp(A * args.interval).T
+        X, y = X - rbf_features(xT, centres, width), y - ((xT @ P) * xT).sum(-1)
+    X, y = X.to(device), y.to(device)
     G = X.T @ X
     ridge = args.ridge * float(G.diagonal().mean())
+    l1 = args.l1 * float((X.T @ y).abs().max())
     return QuadraticProblem(G=G + ridge * torch.eye(p, dtype=G.dtype, device=device), b=X.T @ y,
-                            const=0.5 * float(y @ y))
+                            const=0.5 * float(y @ y), l1=l1)
 
 
 def _bcd_rows(problem: QuadraticProblem, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Time each method on ``problem``; with an L1 weight only the BCD rules apply (reference: a long GSL run)."""
     p = problem.b.numel()
-    nb = math.ceil(p / args.block_size)
-    budget = int(args.max_epochs * nb)
-    runs: dict[str, Callable[[], Any]] = {
-        "direct (Cholesky)": lambda: direct_solve(problem),
-        "CG (scipy)": lambda: conjugate_gradient(problem, tol=args.tol, max_iter=int(args.max_epochs)),
-    }
+    budget = int(args.max_epochs * math.ceil(p / args.block_size))
+    runs: dict[str, Callable[[], Any]] = {}
+    if not problem.l1:
+        runs["direct (Cholesky)"] = lambda: direct_solve(problem)
+        runs["CG (scipy)"] = lambda: conjugate_gradient(problem, tol=args.tol, max_iter=int(args.max_epochs))
     for sel in ("gsl", "random", "cyclic"):
         runs[f"BCD {sel}"] = (lambda s=sel: block_coordinate_descent(
             problem, block_size=args.block_size, selection=s, tol=args.tol, max_iter=budget, seed=args.seed))
-    rows, f_star = [], None
+    f_star = (direct_solve(problem) if not problem.l1 else block_coordinate_descent(
+        problem, block_size=args.block_size, tol=1e-3 * args.tol, max_iter=10 * budget)).objective
+    f_zero = problem.objective(torch.zeros_like(problem.b))
+    rows = []
     for name, fn in runs.items():
         t, res = _timed(fn, repeats=max(1, args.repeats // 2), device=device)
-        f_star = res.objective if f_star is None else f_star
         epochs = res.iterations * args.block_size / p if name.startswith("BCD") else res.iterations
         rows.append({"p": p, "method": name, "time_s": t, "iterations": res.iterations, "epochs": epochs,
-                     "objective": res.objective, "rel_gap": (res.objective - f_star) / abs(f_star),
-                     "rel_grad": res.stationarity, "converged": res.converged})
+                     "objective": res.objective, "gap": (res.objective - f_star) / (f_zero - f_star),
+                     "rel_grad": res.stationarity, "converged": res.converged, "nonzeros": int((res.w != 0).sum())})
     return rows
 
 
 def run_bcd(args: argparse.Namespace, device: torch.device, result: BenchResult) -> None:
-    rows = []
-    for per_dim in args.grid:
-        t0 = time.perf_counter()
-        problem = policy_evaluation_problem(per_dim, args, device)
-        build_s = time.perf_counter() - t0
-        cond = float(torch.linalg.cond(problem.G))
-        result.notes.append(f"p={per_dim**2}: building X and X'X took {build_s:.1f} s; cond(G) = {cond:.2e}")
-        rows += _bcd_rows(problem, args, device)
-    result.tables["large_dictionary_least_squares"] = rows
-    result.notes.append(f"(b): epochs = block updates x block size / p for BCD (each costs O(p |block|)); "
-                        f"CG iterations cost one O(p^2) product each; tol = {args.tol:g} on ||Gw - b|| / ||b||; "
-                        f"rel_gap against the direct solution")
+    for kind in args.problems:
+        rows = []
+        for per_dim in args.grid:
+            t0 = time.perf_counter()
+            problem = critic_problem(kind, per_dim, args, device)
+            eig = torch.linalg.eigvalsh(problem.G)
+            result.notes.append(f"{kind} p={per_dim**2}: building X, X'X and eigenvalues took "
+                                f"{time.perf_counter() - t0:.1f} s; cond(G) = {float(eig[-1] / eig[0]):.2e}")
+            rows += _bcd_rows(problem, args, device)
+        result.tables[f"{kind}_least_squares" + ("_l1" if args.l1 else "")] = rows
+    result.notes.append(f"(b): epochs = block updates x block size / p for BCD (each costs O(p |block|)); CG "
+                        f"iterations cost one O(p^2) product each; stop at ||d|| <= {args.tol:g} ||X'y|| or after "
+                        f"{args.max_epochs:g} epochs; gap = (f - f*) / (f(0) - f*) with f* from Cholesky "
+                        f"(with L1: a GSL run to tol/1000)")
 
 
 def run(args: argparse.Namespace) -> BenchResult:

@@ -91,7 +91,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(policy.net.parameters(), 1.0)
         opt.step()
         _ema_update(ema, policy.net, args.ema if step > 500 else 0.99)
-        rows.append((step, round(time.time() - start, 2), float(loss)))
+        rows.append((step, round(time.time() - start, 2), loss.item()))
         step += 1
         if time.time() - last_save > args.save_every:
             _save(ema_policy, out, rows, step)

@@ -174,15 +174,18 @@ def _require_smooth(problem: QuadraticProblem, name: str) -> None:
 
 
 def conjugate_gradient(problem: QuadraticProblem, *, tol: float = 1e-6, max_iter: int = 100_000) -> SolveResult:
-    """scipy CG on G w = b (CPU, float64), stopping at ||Gw - b|| <= tol ||b||."""
+    """scipy CG on G w = b, stopping at ||Gw - b|| <= tol ||b||; the products G v run in torch (float64, CPU)."""
     _require_smooth(problem, "conjugate_gradient")
-    G, b = problem.G.detach().cpu().double().numpy(), problem.b.detach().cpu().double().numpy()
+    G, p = problem.G.detach().cpu().double(), problem.b.numel()
+    op = scipy.sparse.linalg.LinearOperator((p, p), matvec=lambda v: (G @ torch.from_numpy(v).reshape(-1)).numpy(),
+                                            dtype=np.float64)
     count = [0]
 
     def callback(_xk: np.ndarray) -> None:
         count[0] += 1
 
-    x, _info = scipy.sparse.linalg.cg(G, b, rtol=tol, atol=0.0, maxiter=max_iter, callback=callback)
+    x, _info = scipy.sparse.linalg.cg(op, problem.b.detach().cpu().double().numpy(), rtol=tol, atol=0.0,
+                                      maxiter=max_iter, callback=callback)
     w = torch.from_numpy(x).to(problem.b)
     stat = float(torch.linalg.vector_norm(problem.G @ w - problem.b) / torch.linalg.vector_norm(problem.b))
     return SolveResult(w=w, iterations=count[0], objective=problem.objective(w), converged=stat <= tol,

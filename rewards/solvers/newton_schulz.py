@@ -111,25 +111,24 @@ def newton_schulz(
     idx, S_a, M_a = torch.arange(B, device=S.device), S, M0
     sqrt_tol = math.sqrt(tol)
     for k in range(max_iter + 1):
-        R = eye - S_a @ M_a
-        r = torch.linalg.matrix_norm(R)
+        SM = S_a @ M_a
+        r = torch.linalg.matrix_norm(eye - SM)
+        M_next = torch.baddbmm(M_a, M_a, SM, beta=2.0, alpha=-1.0)  # M (2I - S M)
+        limit = 1.0 if require_contraction and k == 0 else _BLOWUP
+        done = (r <= sqrt_tol) | ~(r < limit) | (k == max_iter)  # ~(r < limit) also catches nan
+        if not bool(done.any()):  # the common case: nothing to record, nothing leaves the batch
+            M_a = M_next
+            continue
         ok = r <= tol
         near = (r <= sqrt_tol) & ~ok & (k < max_iter)
-        bad = ~torch.isfinite(r) | (r > _BLOWUP) | ((k == max_iter) & ~ok & ~near)
-        if require_contraction and k == 0:
-            bad |= r >= 1.0
-        bad &= ~ok
-        M_next = M_a @ (eye + R)
-        stop = ok | bad
-        out[idx[stop]], residual[idx[stop]], iterations[idx[stop]] = M_a[stop], r[stop], k
-        failed[idx[bad]] = True
-        out[idx[near]], residual[idx[near]], iterations[idx[near]] = M_next[near], r[near] ** 2, k + 1
-        cont = ~(stop | near)
-        if not bool(cont.any()):
+        fin = torch.where(near[:, None, None], M_next, M_a)
+        rec = (fin, torch.where(near, r * r, r), k + near.long(), ~(ok | near))
+        if bool(done.all()):
+            out[idx], residual[idx], iterations[idx], failed[idx] = rec
             break
-        if not bool(cont.all()):
-            idx, S_a, M_next = idx[cont], S_a[cont], M_next[cont]
-        M_a = M_next
+        d_idx = idx[done]
+        out[d_idx], residual[d_idx], iterations[d_idx], failed[d_idx] = (t[done] for t in rec)
+        idx, S_a, M_a = idx[~done], S_a[~done], M_next[~done]
     return out, residual, iterations, failed
 
 

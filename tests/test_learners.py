@@ -1,0 +1,93 @@
+"""Advantages and the GRPO / DDPO learner on a tiny policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.learners.advantages import AdvantageConfig, compute_advantages, normalise_in_groups
+from pipeline.learners.grpo import GRPOConfig, GRPOLearner
+from rollouts.models import TinyVideoConfig, build_tiny_policy
+from rollouts.video import ConditionBatch, SamplerConfig, VideoRolloutWorker
+
+TINY = TinyVideoConfig(frames=2, context_frames=1, height=8, width=8, blocks=(8, 8), norm_groups=4)
+
+
+def conditions(n: int = 2, k: int = 3, seed: int = 0) -> ConditionBatch:
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(0, 255, size=(n, 3, 8, 8, 3), dtype=np.uint8)
+    return ConditionBatch(ref[:, :1], np.arange(n) % 5, ref).repeat(k)
+
+
+def test_group_normalisation_by_hand():
+    adv = normalise_in_groups(np.array([1.0, 3.0, 10.0, 10.0, 13.0, 7.0]), np.array([0, 0, 1, 1, 1, 1]), eps=0.0)
+    np.testing.assert_allclose(adv[:2], [-1.0, 1.0])
+    np.testing.assert_allclose(adv[2:], np.array([0.0, 0.0, 3.0, -3.0]) / np.sqrt(4.5))
+
+
+def test_group_of_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="group_size"):
+        normalise_in_groups(np.ones(3), np.array([0, 0, 1]))
+
+
+def test_weighted_sum_and_per_reward_modes():
+    groups = np.array([0, 0, 1, 1])
+    rewards = {"a": np.array([0.0, 2.0, 0.0, 2.0]), "b": np.array([0.0, 200.0, 100.0, 0.0])}
+    ws = compute_advantages(rewards, groups, AdvantageConfig({"a": 1.0, "b": 1.0}, eps=0.0))
+    pr = compute_advantages(rewards, groups, AdvantageConfig({"a": 1.0, "b": 1.0}, mode="per_reward", eps=0.0))
+    np.testing.assert_allclose(ws, [-1, 1, 1, -1])  # the large-scale reward decides
+    np.testing.assert_allclose(pr, [-2, 2, 0, 0])  # both rewards count equally
+    clipped = compute_advantages(rewards, groups, AdvantageConfig({"a": 3.0}, mode="per_reward", clip=2.0))
+    assert np.abs(clipped).max() == pytest.approx(2.0)
+    with pytest.raises(ConfigError, match="weights"):
+        compute_advantages(rewards, groups, AdvantageConfig({"c": 1.0}))
+
+
+def _rollout(kind: str = "sde", **kw):
+    torch.set_num_threads(1)
+    policy = build_tiny_policy(TINY, seed=0)
+    if kind == "ddim":
+        policy.parametrisation = "epsilon"
+        policy.meta["alphas_cumprod"] = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+    window = (1, 3) if kind == "sde" else None
+    sampler = SamplerConfig(kind=kind, num_steps=4, window=window, **kw)
+    worker = VideoRolloutWorker(policy, sampler, seed=1)
+    batch = worker.sample(conditions(), 0)
+    batch.advantages = np.linspace(-1, 1, len(batch)).astype(np.float32)
+    return policy, batch
+
+
+@pytest.mark.parametrize("kind", ["sde", "cps", "ddim"])
+def test_ratio_is_exactly_one_before_the_first_update(kind):
+    policy, batch = _rollout(kind)
+    learner = GRPOLearner(policy, GRPOConfig(minibatch=len(batch), kl_beta=0.1))
+    loss, metrics = learner.transition_loss(batch, np.arange(len(batch)), 0, batch.conditions.conditions())
+    assert metrics["ratio_mean"] == 1.0 and metrics["clip_frac"] == 0.0
+    assert metrics["kl"] == 0.0
+    assert loss.item() == pytest.approx(-float(batch.advantages.mean()), abs=1e-6)
+
+
+def test_update_raises_log_prob_of_positive_advantage_samples():
+    policy, batch = _rollout("sde")
+    learner = GRPOLearner(policy, GRPOConfig(lr=1e-3, clip_range=10.0, minibatch=3, grad_accum=2, kl_beta=0.01))
+    cond = batch.conditions.conditions()
+    before = learner.transition_loss(batch, np.arange(len(batch)), 1, cond)[0].item()
+    metrics = learner.update(batch)
+    after = learner.transition_loss(batch, np.arange(len(batch)), 1, cond)[0].item()
+    assert after < before, (before, after)
+    assert metrics["grad_norm"] > 0 and learner.version == 1
+
+
+def test_shared_noise_gives_identical_group_starts():
+    policy, batch = _rollout("sde", shared_noise=True, noise_level=1e-4)
+    # with (almost) no SDE noise, samples of one group differ only by their tiny SDE noise
+    first = batch.latents[:, 0]
+    torch.testing.assert_close(first[0], first[1], atol=1e-2, rtol=0)
+    assert (first[0] - first[3]).abs().max() > 0.1
+
+
+def test_bad_learner_config_names_the_key():
+    with pytest.raises(ConfigError, match="grpo.timestep_fraction"):
+        GRPOConfig(timestep_fraction=0.0).validate()
