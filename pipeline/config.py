@@ -109,7 +109,8 @@ class ControlSection(Strict):
     def _rule(self) -> ControlSection:
         from rewards.quadrature import check_rule_params
 
-        check_rule_params(self.quadrature.rule, self.rollout.nodes, **self.quadrature.params())
+        check_rule_params(self.quadrature.rule, self.rollout.nodes, prefix="control.quadrature",
+                          nodes_key="control.rollout.nodes", **self.quadrature.params())
         return self
 
 

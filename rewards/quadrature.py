@@ -84,14 +84,15 @@ _RULES: dict[str, _Rule] = {
 RULES: tuple[str, ...] = tuple(_RULES)
 
 
-def _positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
+def _positive(key: str, value: Any, *, allow_zero: bool = False, prefix: str = "quadrature") -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         expected = "a finite number >= 0" if allow_zero else "a finite number > 0"
-        raise ConfigError(f"quadrature.{key} = {value!r}: expected {expected}")
+        raise ConfigError(f"{prefix}.{key} = {value!r}: expected {expected}")
 
 
-def check_rule_params(rule: str, num_nodes: int, **params: Any) -> None:
+def check_rule_params(rule: str, num_nodes: int, *, prefix: str = "quadrature", nodes_key: str = "quadrature.num_nodes",
+                      **params: Any) -> None:
     """Validate a rule, its node count and parameters before any work starts.
 
     Args:
@@ -104,29 +105,29 @@ def check_rule_params(rule: str, num_nodes: int, **params: Any) -> None:
             the value and what is expected.
     """
     if rule not in _RULES:
-        raise ConfigError(f"quadrature.rule = {rule!r}: unknown rule; expected one of {', '.join(RULES)}")
+        raise ConfigError(f"{prefix}.rule = {rule!r}: unknown rule; expected one of {', '.join(RULES)}")
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"quadrature.{unknown[0]}: unknown parameter; expected some of {', '.join(DEFAULTS)}")
+        raise ConfigError(f"{prefix}.{unknown[0]}: unknown parameter; expected some of {', '.join(DEFAULTS)}")
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, numbers.Integral) or num_nodes < 2:
-        raise ConfigError(f"quadrature.num_nodes = {num_nodes!r}: expected an integer >= 2")
+        raise ConfigError(f"{nodes_key} = {num_nodes!r}: expected an integer >= 2")
     if rule == "simpson" and num_nodes % 2 == 0:
         raise ConfigError(
-            f"quadrature.num_nodes = {num_nodes}: simpson needs an odd number of nodes; use {num_nodes - 1} or "
+            f"{nodes_key} = {num_nodes}: simpson needs an odd number of nodes; use {num_nodes - 1} or "
             f"{num_nodes + 1}"
         )
     p = {**DEFAULTS, **params}
-    _positive("lengthscale", p["lengthscale"])
-    _positive("start_variance", p["start_variance"])
-    _positive("jitter", p["jitter"], allow_zero=True)
+    _positive("lengthscale", p["lengthscale"], prefix=prefix)
+    _positive("start_variance", p["start_variance"], prefix=prefix)
+    _positive("jitter", p["jitter"], allow_zero=True, prefix=prefix)
     if p["precision"] not in PRECISIONS:
-        raise ConfigError(f"quadrature.precision = {p['precision']!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"{prefix}.precision = {p['precision']!r}: expected one of {', '.join(PRECISIONS)}")
     degree = p["degree"]
     if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 0:
-        raise ConfigError(f"quadrature.degree = {degree!r}: expected an integer >= 0")
+        raise ConfigError(f"{prefix}.degree = {degree!r}: expected an integer >= 0")
     if _RULES[rule].sard and degree > num_nodes - 1:
         raise ConfigError(
-            f"quadrature.degree = {degree}: rule {rule} with {num_nodes} nodes integrates polynomials of degree "
+            f"{prefix}.degree = {degree}: rule {rule} with {num_nodes} nodes integrates polynomials of degree "
             f"<= {num_nodes - 1} at most; lower quadrature.degree or raise quadrature.num_nodes"
         )
 

@@ -163,7 +163,7 @@ def block_coordinate_descent(
         else:
             delta = -torch.cholesky_solve(g[s:e, None], blocks.chol[j]).squeeze(-1)
         w[s:e] += delta
-        g += G[:, s:e] @ delta
+        g += delta @ G[s:e]  # G is symmetric: rows are contiguous
     _, stat = _stationarity(problem, w, step, scale)
     return SolveResult(w=w, iterations=k, objective=problem.objective(w), converged=stat <= tol, stationarity=stat)
 
