@@ -107,7 +107,8 @@ def ray_session(runtime: RuntimeSection) -> Iterator[None]:
             ray.init(num_cpus=runtime.num_cpus, include_dashboard=runtime.include_dashboard,
                      dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=False)
     except ConnectionError as exc:
-        raise ConfigError(f"cannot join the Ray cluster at {address!r} (runtime.address / RAY_ADDRESS): {exc}") from None
+        raise ConfigError(f"cannot join the Ray cluster at {address!r} (runtime.address / RAY_ADDRESS): "
+                          f"{exc}") from None
     log.info("Ray resources: %s", ray.cluster_resources())
     try:
         yield

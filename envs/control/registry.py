@@ -53,7 +53,8 @@ def make_system(name: str, params: dict[str, Any] | None = None) -> ControlSyste
     try:
         system = cls(**(params or {}))
     except TypeError as exc:
-        raise ConfigError(f"config key 'control.system.params': {name} does not accept these parameters ({exc})") from None
+        raise ConfigError(f"config key 'control.system.params': {name} does not accept these parameters "
+                          f"({exc})") from None
     missing = [attr for attr in REQUIRED if not hasattr(system, attr)]
     if missing:
         raise ConfigError(f"config key 'control.system.name': {name} lacks the system interface: {', '.join(missing)}")

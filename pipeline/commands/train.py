@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set control.rollout.nodes=15 (repeatable)")
-    parser.add_argument("--no-ray", action="store_true", help="run every role in-process (same as runtime.use_ray=false)")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="run every role in-process (same as runtime.use_ray=false)")
     parser.add_argument("--out-dir", help="parent folder of the run directory (default: run.out_dir)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
