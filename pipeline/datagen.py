@@ -97,11 +97,15 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _count_clips(files: dict[str, bytes]) -> int:
+    return sum(name.endswith(".json") for name in files)
+
+
 def _run_in_process(options: DatagenOptions, out: Path, progress: Callable[[int], None]) -> None:
     for shard in range(options.num_shards):
         files = generate_shard(options, shard)
         write_files(files, out)
-        progress(len(files) // 3)
+        progress(_count_clips(files))
 
 
 def _run_ray(options: DatagenOptions, out: Path, workers: int, progress: Callable[[int], None]) -> None:
@@ -120,7 +124,7 @@ def _run_ray(options: DatagenOptions, out: Path, workers: int, progress: Callabl
             done, pending = ray.wait(pending, num_returns=1)
             files = ray.get(done[0])
             write_files(files, out)
-            progress(len(files) // 3)
+            progress(_count_clips(files))
     finally:
         if started:
             ray.shutdown()

@@ -211,6 +211,17 @@ def default_window(num_steps: int, kind: StepKind) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def sample_deterministic(model_fn: Callable[[Tensor, Tensor, int], Tensor], x_init: Tensor, levels: Tensor, *,
+                         kind: StepKind = "sde") -> Tensor:
+    """Noise-free sampling (Euler ODE, or DDIM eta = 0) from ``x_init`` over ``levels``; returns (B, ...)."""
+    x = x_init
+    for i in range(len(levels) - 1):
+        out = model_fn(x, levels[i].expand(x.shape[0]), i)
+        x = deterministic_step(kind, out, levels[i], x, level_next=levels[i + 1])
+    return x
+
+
+@torch.no_grad()
 def sample_with_window(
     model_fn: Callable[[Tensor, Tensor, int], Tensor],
     x_init: Tensor,

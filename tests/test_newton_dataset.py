@@ -75,6 +75,8 @@ def _write_pair(folder: Path, stem: str, video_bytes: bytes, meta: dict | str | 
         ("good", {"video": "bad.mp4"}, r"bad\.json: metadata key 'prompt'"),
         ("good", {"video": "other.mp4", "prompt": "p"}, r"other\.mp4: video file missing"),
         ("good", {"video": "bad.mp4", "prompt": "p", "centroids": [[0, 0]]}, r"bad\.json: centroids has shape"),
+        ("good", {"video": "bad.mp4", "prompt": "p", "arrays": "bad.json"}, r"bad\.json: unreadable npz"),
+        ("good", {"video": "bad.mp4", "prompt": "p", "spec": {"primitive": "free_fall"}}, r"bad\.json: bad 'spec'"),
     ],
 )
 def test_bad_files_raise_input_error_naming_the_file(tmp_path, video, meta, match):
@@ -144,7 +146,7 @@ def test_cli_generate_and_inspect(tmp_path, capsys):
     capsys.readouterr()
     assert dataset_command.main(parser.parse_args(["inspect", str(out), "--check"])) == 0
     text = capsys.readouterr().out
-    assert "ramp_up      5" in text and "total      5" in text
+    assert "ramp_up      5" in text and "total      5" in text and '"split": "train"' in text
     with pytest.raises(ConfigError, match="resolution"):
         dataset_command.main(parser.parse_args(["generate", "--out", str(tmp_path / "x"), "--num-clips", "1",
                                                 "--resolution", "big", "--no-ray"]))

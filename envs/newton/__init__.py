@@ -15,6 +15,7 @@ from envs.newton.dataset import (
     write_clip,
 )
 from envs.newton.physics import trajectory
+from envs.newton.prompts import describe
 from envs.newton.render import render_clip, render_trajectory
 from envs.newton.spec import PRIMITIVES, SPLITS, Clip, SceneSpec
 from envs.newton.splits import sample_spec, split_primitives
@@ -25,6 +26,7 @@ __all__ = [
     "Clip",
     "SceneSpec",
     "VideoRecord",
+    "describe",
     "load_clip",
     "load_record",
     "read_dataset",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,9 +155,12 @@ def _load_meta(path: Path) -> dict:
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path) as data:
+        data = np.load(path)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(f"{path}: expected an .npz archive, got a single array")
+        with data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: unreadable npz ({exc})") from exc
 
 

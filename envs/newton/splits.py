@@ -3,6 +3,8 @@
 Ranges are in resolution- and length-free units so that every resolution and frame count gets the same
 motion relative to the frame: lengths in units of L = min(H, W) px, times in units of D = T - 1 frames.
 So gravity g * D^2 / L, height / L, speed * D / L, size / L; angles in degrees, friction unitless.
+Gravity ranges differ per primitive: each primitive is framed (px per metre, like a camera zoom) so that its
+motion spans a good part of the frame (e.g. a slow friction slide needs a larger g in px/frame^2 than a drop).
 
 - train / test: the same physics ranges (:data:`TRAIN_RANGES`); disjoint assets (:mod:`envs.newton.assets`):
   train = TRAIN_SHAPES/COLORS/BACKGROUNDS, test = TEST_*.

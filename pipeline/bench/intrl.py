@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.bench import BenchResult
 from pipeline.config import Config, parse_config
 from pipeline.control_track import run_control
-from pipeline.plots import line_plot
+from pipeline.plots import panel_plot
 from pipeline.runtime import ray_session
 
 #: the authors' |w - w*| at N = 5 / 10 / 15 (papers.md section 2)
@@ -70,7 +70,7 @@ def loglog_slope(nodes: list[int], errors: list[float]) -> float:
 def run(args: argparse.Namespace) -> BenchResult:
     nodes = parse_nodes(args.nodes)
     result = BenchResult(title="IntRL |w - w*| vs N (slope = d log err / d log(N-1))")
-    series: dict[str, tuple[list[float], list[float]]] = {}
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     styles: dict[str, str] = {}
     for protocol in args.protocols.split(","):
         rows = []
@@ -94,13 +94,14 @@ def run(args: argparse.Namespace) -> BenchResult:
                     if len(ours) == 3:
                         row["ratio to authors"] = "/".join(f"{o / r:.3f}" for o, r in zip(ours, ref))
                 rows.append(row)
-                series[f"{protocol} {example} {rule}"] = ([n - 1 for n in nodes], errors)
+                series = panels.setdefault(example, {})
+                series[f"{rule} ({protocol} protocol)"] = ([n - 1 for n in nodes], errors)
+                styles[f"{rule} ({protocol} protocol)"] = "o-" if protocol == "authors" else "s:"
                 if ref:
-                    series[f"authors {example} {rule}"] = ([4, 9, 14], list(ref))
-                    styles[f"authors {example} {rule}"] = "x--"
+                    series[f"{rule} (paper)"] = ([4, 9, 14], list(ref))
+                    styles[f"{rule} (paper)"] = "kx--" if rule == "trapezoid" else "k^--"
         result.tables[f"{protocol} protocol"] = rows
-    plot = line_plot(Path(args.plot), series, title="IntRL: |w - w*| vs nodes", xlabel="N - 1", ylabel="|w - w*|",
-                     logx=True, styles=styles)
+    plot = panel_plot(Path(args.plot), panels, xlabel="N - 1", ylabel="|w - w*|", logx=True, styles=styles)
     result.notes.append(f"authors' protocol: one trajectory continuing across iterations, tol 1e-3; robust: "
                         f"{args.robust_states} initial states restarted every iteration, M=40, tol 1e-9")
     result.notes.append(f"log-log plot: {plot}")

@@ -87,7 +87,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"{key}: " + ", ".join(f"{value} x{count}" for value, count in sorted(values.items())))
     manifest = args.folder / "manifest.json"
     if manifest.is_file():
-        print(f"manifest: {manifest.read_text().strip()}".replace("\n", " "))
+        print(f"manifest: {json.dumps(json.loads(manifest.read_text()))}")
     return 0
 
 
