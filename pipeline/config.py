@@ -38,6 +38,24 @@ class RuntimeSection(Strict):
     cpus_per_worker: float = Field(0.5, gt=0)  # Ray CPU resource per rollout/reward actor
     max_restarts: int = Field(2, ge=0)  # restarts of a crashed actor; its work is re-done
     include_dashboard: bool = False  # start the Ray dashboard with a local Ray (loopback only)
+    gpus_per_rollout_worker: float = Field(0.0, ge=0)  # GPU per rollout actor; a fraction (0.5) shares one GPU
+    gpus_per_reward_worker: float = Field(0.0, ge=0)  # GPU per reward actor; a fraction (0.5) shares one GPU
+    colocate: bool = False  # rollout actor i and reward actor i share one placement bundle (same node and GPU)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # Ray placement group
+    placement_timeout_s: float = Field(60.0, gt=0)  # wait this long for the resources, then fail naming the shortfall
+    num_learners: int = Field(0, ge=0)  # learner processes (torch.distributed group); 0: in-process in the driver
+    cpus_per_learner: float = Field(1.0, gt=0)  # Ray CPU per learner process
+    gpus_per_learner: float = Field(0.0, ge=0)  # GPU per learner process (NCCL when > 0, gloo on CPU)
+    learner_strategy: Literal["ddp", "fsdp"] = "ddp"  # data parallel replicas, or sharded (FSDP) with num_learners > 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast dtype inside the learners (accelerate)
+    grad_accumulation: int = Field(1, ge=1)  # micro-batches per optimizer step inside each learner
+    async_rollouts: bool = False  # True: rollouts for step k+1 overlap learning on step k (video track)
+    max_staleness: int = Field(1, ge=0)  # async: a batch may be sampled by a policy at most this many versions old
+
+
+class CheckpointSection(Strict):
+    every: int = Field(10, ge=0)  # save a checkpoint every this many steps (policy iterations); 0: only at the end
+    keep_last: int = Field(2, ge=1)  # checkpoints kept in <run>/checkpoints; older ones are deleted after a save
 
 
 class SystemSection(Strict):
@@ -91,6 +109,11 @@ class IterationSection(Strict):
     rcond: float = Field(1e-10, gt=0)  # relative singular-value cut for rank decisions (excitation check)
     initial_weights: list[float] | None = None  # w0 in the value basis (u0 = -1/2 R^-1 g' dphi' w0)
     initial_gain: list[list[float]] | None = None  # K0 (u0 = -K0 x); overrides initial_weights
+    initializer: Literal["given", "homotopy"] = "given"  # given: start from initial_weights / initial_gain (must be
+    # admissible); homotopy: continuation from the shifted system f(x) - s x down to s = 0 (pipeline.homotopy)
+    homotopy_stages: int = Field(4, ge=1)  # planned continuation stages (a step is halved while not admissible)
+    homotopy_margin: float = Field(0.5, gt=0)  # s0 = initial closed-loop stability abscissa + margin (1/s)
+    homotopy_stage_tol: float = Field(1e-2, gt=0)  # tol of the intermediate stages (the last one uses tol)
 
 
 class EvaluationSection(Strict):
@@ -117,6 +140,7 @@ class ControlSection(Strict):
 class Config(Strict):
     run: RunSection = RunSection()
     runtime: RuntimeSection = RuntimeSection()
+    checkpoint: CheckpointSection = CheckpointSection()  # resume with `newtonrl train --resume RUN_DIR`
     control: ControlSection | None = None  # control track (IntRL); omit to skip
     video: dict[str, Any] | None = None  # video track (NewtonRewards); validated by pipeline.video_track
 

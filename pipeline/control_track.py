@@ -1,8 +1,9 @@
 """Control-track controller: rollouts -> policy evaluation (rewards) -> policy improvement (learner), repeated.
 
 Phases per iteration: sample (rollout pool) -> score (reward pool: quadrature + Bellman rows) -> solve (reward
-worker 0: least squares) -> improve (learner) -> log. The pools are Ray actors or in-process objects
-(:mod:`pipeline.runtime`); the numbers are the same either way.
+worker 0: least squares) -> improve (learner) -> log -> checkpoint. A run resumed from a checkpoint (weights,
+iteration, stream states, RNG) continues with the same numbers as an uninterrupted one. The pools are Ray actors
+or in-process objects (:mod:`pipeline.runtime`); the numbers are the same either way.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 from tqdm import tqdm
 
 from envs.control import ControlSystem, make_system
-from pipeline.config import ControlSection, RuntimeSection
-from pipeline.learners.intrl import IntRLLearner
-from pipeline.rundir import RunDir
-from pipeline.runtime import make_pool
+from pipeline.checkpoint import Checkpoint, rng_state, save_checkpoint, set_rng_state, truncate_metrics
+from pipeline.config import CheckpointSection, ControlSection, RuntimeSection
+from pipeline.learners.intrl import IntRLLearner, IterationState
+from pipeline.rundir import RunDir, read_metrics
+from pipeline.runtime import Placement, make_pool
 from rewards.policy_eval import ExcitationLost, PolicyEvaluator
 from rollouts.control import ControlRolloutWorker
 
@@ -59,9 +61,39 @@ def split_counts(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def checkpoint_state(learner: IntRLLearner, starts: np.ndarray, stop_reason: str | None) -> dict[str, Any]:
+    """What a control checkpoint holds: iteration, weights, convergence, stream states, terminal stop, RNG."""
+    st = learner.state
+    return {"track": "control", "iteration": st.iteration, "weights": st.weights, "converged": st.converged,
+            "starts": starts, "stop_reason": stop_reason, "rng": rng_state()}
+
+
+def _restore(ckpt: Checkpoint, learner: IntRLLearner, run: RunDir | None, prefix: str) -> tuple[np.ndarray, list]:
+    """Put a checkpoint back into ``learner``; drop metrics logged after it; return (stream states, history)."""
+    st = ckpt.state
+    learner.state = IterationState(int(st["iteration"]), np.asarray(st["weights"]), bool(st["converged"]))
+    set_rng_state(st["rng"])
+    if run is None:
+        return np.asarray(st["starts"]), []
+    truncate_metrics(run.path, prefix=prefix, step=learner.state.iteration)
+    history = [{k: v for k, v in r.items() if k not in ("step", "prefix")} for r in read_metrics(run.path, prefix)]
+    log.info("resumed %s at iteration %d from %s", prefix, learner.state.iteration, ckpt.path)
+    return np.asarray(st["starts"]), history
+
+
 def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int = 0, run: RunDir | None = None,
-                progress: bool = True) -> ControlResult:
-    """Policy iteration to convergence (or the cap / loss of excitation). Raises InputError on bad set-ups."""
+                progress: bool = True, checkpoint: CheckpointSection | None = None,
+                resume: Checkpoint | None = None) -> ControlResult:
+    """Policy iteration to convergence (or the cap / loss of excitation). Raises InputError on bad set-ups.
+
+    With ``run`` and ``checkpoint``, checkpoints go to ``<run>/checkpoints/control``; ``resume`` continues one.
+    """
+    start = None
+    if control.iteration.initializer == "homotopy":
+        from pipeline.homotopy import homotopy_start
+
+        start = homotopy_start(control, runtime, seed=seed, progress=progress)
+        control = start.control  # warm-started at the real system (initializer "given")
     system = make_system(control.system.name, control.system.params)
     learner = IntRLLearner(system, control, seed=seed)
     learner.check_admissible()
@@ -72,12 +104,21 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
         raise ConfigError(f"config key 'control.rollout.intervals': {control.rollout.intervals} intervals cannot be "
                           f"split over {len(starts0)} initial states; expected >= {len(starts0)}")
     counts = split_counts(control.rollout.intervals, len(starts0))
-    rollouts = make_pool(ControlRolloutWorker, runtime.num_rollout_workers, control, runtime=runtime)
-    rewards = make_pool(PolicyEvaluator, runtime.num_reward_workers, control, runtime=runtime)
+    prefix, done = f"control/{system.name}", None
     result = ControlResult(weights=learner.state.weights)
-    starts, stop_reason = starts0.copy(), "max_iterations"
-    bar = tqdm(range(control.iteration.max_iterations), desc=f"IntRL {system.name}", disable=not progress,
-               leave=False)
+    starts = starts0.copy()
+    if resume is not None:
+        starts, result.history = _restore(resume, learner, run, prefix)
+        done = resume.state["stop_reason"] or ("converged" if learner.state.converged else None)
+    save_dir = run.path / "checkpoints" / "control" if run is not None and checkpoint is not None else None
+    placement = Placement.reserve(runtime)  # None in-process
+    rollouts = make_pool(ControlRolloutWorker, runtime.num_rollout_workers, control, runtime=runtime,
+                         kind="rollout", placement=placement)
+    rewards = make_pool(PolicyEvaluator, runtime.num_reward_workers, control, runtime=runtime, kind="reward",
+                        placement=placement)
+    stop_reason = done or "max_iterations"
+    todo = range(learner.state.iteration, control.iteration.max_iterations) if done is None else range(0)
+    bar = tqdm(todo, desc=f"IntRL {system.name}", disable=not progress, leave=False)
     t_begin = time.perf_counter()
     try:
         for _ in bar:
@@ -97,16 +138,25 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
             metrics.update(rollout_s=t1 - t0, reward_s=time.perf_counter() - t1)
             result.history.append(metrics)
             if run is not None:
-                run.log(learner.state.iteration, metrics, prefix=f"control/{system.name}")
+                run.log(learner.state.iteration, metrics, prefix=prefix)
             bar.set_postfix(change=f"{metrics['weight_change']:.2e}")
             if control.rollout.protocol == "continuing":
                 starts = np.concatenate([batch.end_states for batch in batches])
+            if save_dir is not None and checkpoint.every and learner.state.iteration % checkpoint.every == 0:
+                save_checkpoint(save_dir, learner.state.iteration, checkpoint_state(learner, starts, None),
+                                keep_last=checkpoint.keep_last)
             if learner.state.converged:
                 stop_reason = "converged"
                 break
     finally:
         rollouts.close()
         rewards.close()
+        if placement is not None:
+            placement.close()
+    if save_dir is not None:  # final checkpoint; converged / excitation_lost are terminal, the iteration cap is not
+        terminal = stop_reason if stop_reason != "max_iterations" else None
+        save_checkpoint(save_dir, learner.state.iteration, checkpoint_state(learner, starts, terminal),
+                        keep_last=checkpoint.keep_last)
     result.weights = learner.state.weights
     result.summary = {
         "system": system.name,
@@ -122,4 +172,7 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
         "wall_s": time.perf_counter() - t_begin,
         **learner.errors(),
     }
+    if start is not None:
+        result.summary.update(homotopy_stages=len(start.stages), homotopy_sim_s=start.sim_s,
+                              homotopy_wall_s=start.wall_s)
     return result

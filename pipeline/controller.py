@@ -1,4 +1,7 @@
-"""The training entry point: one run directory, a Ray session, then each configured track in turn."""
+"""The training entry point: one run directory, a Ray session, then each configured track in turn.
+
+``resume=RUN_DIR`` reopens a run directory and continues each track from its newest checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.checkpoint import list_checkpoints, load_checkpoint
+from pipeline.config import Config, dump_config
 from pipeline.control_track import ControlResult, run_control
+from pipeline.errors import InputError
 from pipeline.plots import line_plot
-from pipeline.rundir import RunDir
+from pipeline.rundir import RunDir, atomic_write_text
 from pipeline.runtime import ray_session
 
 log = logging.getLogger(__name__)
@@ -30,16 +35,36 @@ def _control_report(run: RunDir, result: ControlResult) -> str:
                       f"![convergence](plots/{plot.name})", ""])
 
 
-def train(config: Config, *, out_dir: str | None = None, progress: bool = True) -> Path:
+def open_run(config: Config, out_dir: str | None, resume: str | Path | None) -> RunDir:
+    """A new run directory, or the existing one to resume (its config.yaml rewritten with ``config``)."""
+    if resume is None:
+        return RunDir.create(config, out_dir)
+    path = Path(resume)
+    if not (path / "config.yaml").is_file():
+        raise InputError(f"--resume {path}: not a run directory (no config.yaml)")
+    atomic_write_text(path / "config.yaml", dump_config(config))
+    return RunDir(path)
+
+
+def latest_checkpoint(run: RunDir, track: str):  # noqa: ANN201 - Checkpoint | None
+    """The newest checkpoint of ``track`` in ``run`` (None: start that track from scratch)."""
+    folder = run.path / "checkpoints" / track
+    return load_checkpoint(folder) if list_checkpoints(folder) else None
+
+
+def train(config: Config, *, out_dir: str | None = None, progress: bool = True,
+          resume: str | Path | None = None) -> Path:
     """Run every track of ``config``; returns the run directory (summary.json, report.md, plots, metrics)."""
-    run = RunDir.create(config, out_dir)
-    log.info("run directory %s", run.path)
+    run = open_run(config, out_dir, resume)
+    log.info("run directory %s%s", run.path, " (resumed)" if resume is not None else "")
     summary: dict[str, Any] = {}
     report = [f"# newtonrl run `{run.path.name}`", ""]
     try:
         with ray_session(config.runtime):
             if config.control is not None:
-                result = run_control(config.control, config.runtime, seed=config.run.seed, run=run, progress=progress)
+                ckpt = latest_checkpoint(run, "control") if resume is not None else None
+                result = run_control(config.control, config.runtime, seed=config.run.seed, run=run, progress=progress,
+                                     checkpoint=config.checkpoint, resume=ckpt)
                 summary["control"] = result.summary
                 report.append(_control_report(run, result))
             if config.video is not None:

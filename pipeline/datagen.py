@@ -57,6 +57,8 @@ class DatagenOptions:
             raise ConfigError(
                 f"resolution={self.resolution}, num_frames={self.num_frames}: expected H, W >= 16 and T >= 3"
             )
+        if any(side % 2 for side in self.resolution):
+            raise ConfigError(f"resolution={self.resolution}: the mp4v codec needs even H and W")
 
     @property
     def num_shards(self) -> int:

@@ -1,8 +1,12 @@
 """The only module that knows Ray: role classes become pools of Ray actors or in-process objects.
 
+Resources per role (CPUs, fractional GPUs, colocation of rollout and reward actors in one bundle) come from the
+``runtime`` config section and are reserved up front as one Ray placement group (:class:`Placement`); a shortfall
+is reported with what was requested and what the cluster has, before any work starts.
+
 A pool exposes ``map(method, calls)``: call ``method`` once per argument tuple, spreading the calls over the
 workers round-robin, and return the results in order. With Ray, a worker that dies is restarted by Ray
-(``max_restarts``) and its call is re-done; the incident is logged, the work is not dropped.
+(``max_restarts``) and its calls are re-done; the incident is logged, the work is not dropped.
 """
 
 from __future__ import annotations
@@ -11,12 +15,115 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import RuntimeSection
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: role kinds that get resources from the config
+ROLE_KINDS = ("rollout", "reward", "learner")
+
+
+@dataclass(frozen=True)
+class RoleResources:
+    """Workers of one role and the Ray resources of each (CPUs; GPUs may be a fraction)."""
+
+    num_workers: int
+    num_cpus: float
+    num_gpus: float
+
+
+def role_resources(runtime: RuntimeSection) -> dict[str, RoleResources]:
+    """Resources per role kind, as the ``runtime`` config section declares them."""
+    return {
+        "rollout": RoleResources(runtime.num_rollout_workers, runtime.cpus_per_worker, runtime.gpus_per_rollout_worker),
+        "reward": RoleResources(runtime.num_reward_workers, runtime.cpus_per_worker, runtime.gpus_per_reward_worker),
+        "learner": RoleResources(runtime.num_learners, runtime.cpus_per_learner, runtime.gpus_per_learner),
+    }
+
+
+def plan_bundles(roles: dict[str, RoleResources], *, colocate: bool) -> tuple[list[dict[str, float]],
+                                                                              dict[str, list[int]]]:
+    """Placement-group bundles and, per role kind, the bundle index of each worker.
+
+    Every worker gets its own bundle, except that with ``colocate`` rollout worker i and reward worker i share
+    bundle i (their CPUs and GPU shares add up: two 0.5-GPU actors land on one GPU).
+    """
+    bundles: list[dict[str, float]] = []
+    index: dict[str, list[int]] = {kind: [] for kind in roles}
+
+    def add(kind: str, res: RoleResources, shared: int | None = None) -> None:
+        if shared is None:
+            bundles.append({})
+            shared = len(bundles) - 1
+        for key, value in (("CPU", res.num_cpus), ("GPU", res.num_gpus)):
+            if value:
+                bundles[shared][key] = bundles[shared].get(key, 0.0) + value
+        index[kind].append(shared)
+
+    for kind, res in roles.items():
+        for i in range(res.num_workers):
+            pair = colocate and kind == "reward" and i < len(index.get("rollout", []))
+            add(kind, res, index["rollout"][i] if pair else None)
+    return bundles, index
+
+
+def check_fits(bundles: list[dict[str, float]], available: dict[str, float]) -> None:
+    """Raise ConfigError when the bundles ask for more CPU / GPU than ``available`` (naming both)."""
+    short = []
+    for key in ("CPU", "GPU"):
+        asked = sum(b.get(key, 0.0) for b in bundles)
+        if asked > available.get(key, 0.0) + 1e-9:
+            short.append(f"{asked:g} {key} requested, {available.get(key, 0.0):g} available")
+    if short:
+        raise ConfigError("the runtime section asks for more than the Ray cluster has: " + "; ".join(short) +
+                          " (runtime.num_*_workers, cpus_per_worker, gpus_per_*_worker, num_learners, "
+                          "cpus_per_learner, gpus_per_learner)")
+
+
+class Placement:
+    """One Ray placement group holding a bundle per worker; :meth:`options` places a worker in its bundle."""
+
+    def __init__(self, runtime: RuntimeSection) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+
+        self.roles = role_resources(runtime)
+        self.bundles, self.index = plan_bundles(self.roles, colocate=runtime.colocate)
+        check_fits(self.bundles, ray.cluster_resources())  # capacity; busy resources: timeout below
+        self.group = placement_group(self.bundles, strategy=runtime.placement_strategy)
+        try:
+            ray.get(self.group.ready(), timeout=runtime.placement_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+            raise ConfigError(f"Ray could not place the roles within runtime.placement_timeout_s="
+                              f"{runtime.placement_timeout_s:g} s ({runtime.placement_strategy}; each bundle must fit "
+                              f"on one node): requested bundles {self.bundles}, nodes have {nodes}") from None
+        log.info("placement group: %d bundles %s (%s)", len(self.bundles), self.bundles, runtime.placement_strategy)
+
+    @classmethod
+    def reserve(cls, runtime: RuntimeSection) -> Placement | None:
+        """The placement of every role, or None in-process. Fails with requested vs available when short."""
+        return cls(runtime) if runtime.use_ray else None
+
+    def options(self, kind: str, worker: int) -> dict[str, Any]:
+        """Ray actor options for worker ``worker`` of role ``kind``: its resources inside its bundle."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        res = self.roles[kind]
+        strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=self.index[kind][worker])
+        return {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "scheduling_strategy": strategy}
+
+    def close(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        if ray.is_initialized():
+            remove_placement_group(self.group)
 
 
 class LocalPool:
@@ -34,42 +141,65 @@ class LocalPool:
         """Call ``method`` on worker 0."""
         return getattr(self.workers[0], method)(*args)
 
+    def broadcast(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method`` with the same arguments on every worker."""
+        return [getattr(w, method)(*args) for w in self.workers]
+
     def close(self) -> None:
         self.workers = []
 
 
 class RayPool:
-    """Ray actors of one role; dead actors are restarted by Ray and their calls re-done."""
+    """Ray actors of one role; dead actors are restarted by Ray and their calls re-done (one log line each)."""
 
-    def __init__(self, role: type, num_workers: int, *args: Any, runtime: RuntimeSection, **kwargs: Any) -> None:
+    def __init__(self, role: type, num_workers: int, *args: Any, runtime: RuntimeSection, kind: str = "rollout",
+                 placement: Placement | None = None, **kwargs: Any) -> None:
         import ray
 
         self.name = role.__name__
         self.max_retries = runtime.max_restarts
-        remote = ray.remote(role).options(num_cpus=runtime.cpus_per_worker, max_restarts=runtime.max_restarts)
-        self.workers = [remote.remote(*args, worker_index=i, **kwargs) for i in range(num_workers)]
+        remote = ray.remote(role)
+        res = role_resources(runtime)[kind]
+        self.workers = []
+        for i in range(num_workers):
+            opts = placement.options(kind, i) if placement else {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+            actor = remote.options(max_restarts=runtime.max_restarts, **opts)
+            self.workers.append(actor.remote(*args, worker_index=i, **kwargs))
 
     def map(self, method: str, calls: Sequence[tuple]) -> list[Any]:
+        """Results of ``method(*call)`` in order; calls lost with a dead worker are re-done once Ray restarts it."""
         import ray
 
-        n = len(self.workers)
-        refs = [getattr(self.workers[i % n], method).remote(*call) for i, call in enumerate(calls)]
-        results = []
-        for i, (ref, call) in enumerate(zip(refs, calls)):
-            for attempt in range(self.max_retries + 1):
+        n, results, pending = len(self.workers), {}, list(range(len(calls)))
+        for attempt in range(self.max_retries + 1):
+            refs = {i: getattr(self.workers[i % n], method).remote(*calls[i]) for i in pending}
+            failed: dict[int, Exception] = {}
+            for i, ref in refs.items():
                 try:
-                    results.append(ray.get(ref))
-                    break
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                    if attempt == self.max_retries:
-                        raise
-                    log.warning("%s worker %d died during %s (%s); restarted by Ray, re-doing its call (retry %d)",
-                                self.name, i % n, method, type(exc).__name__, attempt + 1)
-                    ref = getattr(self.workers[i % n], method).remote(*call)
-        return results
+                    results[i] = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:  # ActorDiedError, ActorUnavailableError
+                    failed[i] = exc
+            if not failed:
+                break
+            if attempt == self.max_retries:
+                raise next(iter(failed.values()))
+            for w in sorted({i % n for i in failed}):
+                lost = [i for i in failed if i % n == w]
+                log.warning("%s worker %d died during %s (%s); Ray restarts it, re-doing its %d call(s) "
+                            "(retry %d of %d)", self.name, w, method, type(failed[lost[0]]).__name__, len(lost),
+                            attempt + 1, self.max_retries)
+            pending = sorted(failed)
+        return [results[i] for i in range(len(calls))]
 
     def call(self, method: str, *args: Any) -> Any:
         return self.map(method, [args])[0]
+
+    def broadcast(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method`` with the same arguments on every worker; the arguments go to the object store once."""
+        import ray
+
+        refs = tuple(ray.put(a) for a in args)
+        return self.map(method, [refs] * len(self.workers))  # call i goes to worker i; Ray resolves the refs
 
     def close(self) -> None:
         import ray
@@ -79,11 +209,19 @@ class RayPool:
         self.workers = []
 
 
-def make_pool(role: type, num_workers: int, *args: Any, runtime: RuntimeSection, **kwargs: Any) -> LocalPool | RayPool:
-    """A pool of ``role`` workers: Ray actors when ``runtime.use_ray``, else in-process objects."""
+def make_pool(role: type, num_workers: int, *args: Any, runtime: RuntimeSection, kind: str = "rollout",
+              placement: Placement | None = None, **kwargs: Any) -> LocalPool | RayPool:
+    """A pool of ``role`` workers: Ray actors (resources of role ``kind``, in ``placement`` when given) when
+    ``runtime.use_ray``, else in-process objects."""
     if runtime.use_ray:
-        return RayPool(role, num_workers, *args, runtime=runtime, **kwargs)
+        return RayPool(role, num_workers, *args, runtime=runtime, kind=kind, placement=placement, **kwargs)
     return LocalPool(role, num_workers, *args, **kwargs)
+
+
+def driver_runtime_env() -> dict[str, Any]:
+    """Runtime env for actors started by this driver: the repository on PYTHONPATH (for a source checkout)."""
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}}
 
 
 @contextlib.contextmanager
@@ -98,14 +236,12 @@ def ray_session(runtime: RuntimeSection) -> Iterator[None]:
         yield
         return
     address = runtime.address or os.environ.get("RAY_ADDRESS")
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}}
     try:
         if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=address, runtime_env=driver_runtime_env(), log_to_driver=False)
         else:
             ray.init(num_cpus=runtime.num_cpus, include_dashboard=runtime.include_dashboard,
-                     dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=False)
+                     dashboard_host="127.0.0.1", runtime_env=driver_runtime_env(), log_to_driver=False)
     except ConnectionError as exc:
         raise ConfigError(f"cannot join the Ray cluster at {address!r} (runtime.address / RAY_ADDRESS): "
                           f"{exc}") from None

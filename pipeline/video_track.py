@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -24,13 +25,47 @@ from pydantic import Field, ValidationError, model_validator
 
 from envs.newton import render_clip, sample_spec
 from pipeline.config import Strict
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
 from pipeline.learners.advantages import AdvantageConfig, compute_advantages
+from pipeline.learners.grpo import GRPOConfig, GRPOLearner
+from pipeline.learners.reward_grad import RewardGradConfig, RewardGradLearner
+from rewards.features import make_features
+from rewards.flow import make_flow
+from rewards.metrics import (
+    ACCELERATION_RMSE,
+    CENTROID_L2,
+    CHAMFER,
+    KINEMATIC_RESIDUAL,
+    MASK_IOU,
+    VELOCITY_RMSE,
+    evaluate_clip,
+)
+from rewards.newton import (
+    NewtonRewardConfig,
+    NewtonRewardRole,
+    kinematic_residual_torch,
+    kinematic_reward,
+    mass_distance_torch,
+)
+from rewards.segment import mask_centroids, segment_object
 from rollouts.models import VideoPolicy, load_tiny_policy, load_transformer_policy
-from rollouts.video import ConditionBatch, RolloutBatch, SamplerConfig, clips_to_conditions
+from rollouts.samplers import sample_deterministic
+from rollouts.video import (
+    ConditionBatch,
+    RolloutBatch,
+    SamplerConfig,
+    VideoRolloutWorker,
+    clips_to_conditions,
+    float_to_uint8,
+    model_fn,
+    sampler_levels,
+)
 
 log = logging.getLogger(__name__)
 ITERATION_S, SAMPLE_S, SCORE_S, UPDATE_S = "iteration_s", "sample_s", "score_s", "update_s"
+FIVE_METRICS = (CENTROID_L2, CHAMFER, MASK_IOU, VELOCITY_RMSE, ACCELERATION_RMSE)
+DISPLACEMENT, MEAN_FIVE = "displacement_px", "mean_five_metrics"
+POLICY_FILE = "policy_weights.safetensors"
 
 
 class ModelSection(Strict):
@@ -147,8 +182,8 @@ def post_train(cfg: VideoSection, *, rollout, scorer, learner, rng: np.random.Ge
         conditions = make_conditions(cfg.data.split, cfg.data.conditions_per_iteration, rng,
                                      resolution=cfg.data.resolution, num_frames=cfg.data.num_frames)
         if cfg.learner.algorithm == "reward_grad":
-            metrics = learner.update(conditions.repeat(cfg.data.group_size))
             t1 = t2 = time.perf_counter()
+            metrics = learner.update(conditions.repeat(cfg.data.group_size))
         else:
             batch: RolloutBatch = rollout.sample(conditions.repeat(cfg.data.group_size), version)
             t1 = time.perf_counter()
@@ -170,5 +205,204 @@ def post_train(cfg: VideoSection, *, rollout, scorer, learner, rng: np.random.Ge
     return history
 
 
-def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
+class NewtonScorer:
+    """Reward role adapter: ``score(videos, references) -> {'kinematic': r_kin, 'mass': r_mass}``, each (B,).
+
+    Wraps :class:`rewards.newton.NewtonRewardRole`; a sample it flags invalid gets the batch minimum of each
+    reward (it is never preferred)."""
+
+    def __init__(self, section: RewardSection, *, worker_index: int = 0) -> None:
+        self.role = NewtonRewardRole(NewtonRewardConfig(flow=section.flow, features=section.features))
+        self.config = self.role.config
+
+    def score(self, videos: np.ndarray, references: np.ndarray) -> dict[str, np.ndarray]:
+        scored = self.role.score(list(videos), list(references))
+        kin = np.array([kinematic_reward(r, self.config.kinematic) if np.isfinite(r) else np.nan
+                        for r in scored.residual])
+        out = {"kinematic": kin, "mass": scored.mass.astype(np.float64)}
+        for key, values in out.items():
+            bad = ~np.isfinite(values)
+            if bad.all():
+                raise InputError(f"reward {key}: no sample could be scored ({scored.reasons[:1]})")
+            values[bad] = np.nanmin(values)
+        return out
+
+
+def newton_reward_fn(section: RewardSection):
+    """Differentiable named rewards for :class:`RewardGradLearner`: LK flow + the configured features."""
+    flow, features, kin_cfg = make_flow("lk"), make_features(section.features), NewtonRewardConfig().kinematic
+
+    def reward_fn(video: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+        residual = kinematic_residual_torch(video, flow=flow, config=kin_cfg)
+        return {"kinematic": kinematic_reward(residual, kin_cfg),
+                "mass": -mass_distance_torch(video, reference, features=features)}
+    return reward_fn
+
+
+def build_roles(cfg: VideoSection, *, seed: int = 0):
+    """In-process (rollout, scorer, learner) for ``cfg``; the learner and the rollout hold separate copies."""
+    sampler = sampler_config(cfg.sampler)
+    rollout = VideoRolloutWorker(load_policy(cfg.model), sampler, seed=seed)
+    learner_policy = load_policy(cfg.model)
+    lc = cfg.learner
+    if lc.algorithm == "reward_grad":
+        rg = RewardGradConfig(weights=cfg.reward.weights, lr=lc.lr, num_steps=cfg.sampler.num_steps,
+                              grad_steps=lc.grad_steps, checkpointing=lc.checkpointing, minibatch=lc.minibatch,
+                              seed=seed)
+        return rollout, None, RewardGradLearner(learner_policy, newton_reward_fn(cfg.reward), rg)
+    grpo = GRPOConfig(lr=lc.lr, clip_range=lc.clip_range, kl_beta=lc.kl_beta, timestep_fraction=lc.timestep_fraction,
+                      minibatch=lc.minibatch, grad_accum=lc.grad_accum, epochs=lc.epochs, seed=seed)
+    return rollout, NewtonScorer(cfg.reward), GRPOLearner(learner_policy, grpo)
+
+
+def relative_improvement(base: dict[str, float], post: dict[str, float]) -> dict[str, float]:
+    """Per metric (post better than base) / |base|: positive = better; IoU is higher-is-better, the rest lower."""
+    out = {}
+    for key in (*FIVE_METRICS, KINEMATIC_RESIDUAL):
+        b, p = base.get(key, np.nan), post.get(key, np.nan)
+        gain = (p - b) if key == MASK_IOU else (b - p)
+        out[key] = float(gain / abs(b)) if b else float("nan")
+    out[MEAN_FIVE] = float(np.nanmean([out[k] for k in FIVE_METRICS]))
+    return out
+
+
+def displacement(video: np.ndarray, background: np.ndarray, context_frames: int) -> float:
+    """Object displacement (px) between the last context frame and the last frame, from segmented masks."""
+    cents = mask_centroids(segment_object(video, background=background))[context_frames - 1:]
+    valid = cents[np.isfinite(cents).all(axis=1)]
+    return float(np.linalg.norm(valid[-1] - valid[0])) if len(valid) >= 2 else 0.0
+
+
+def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSection
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], np.ndarray]:
+    """Generate the same held-out scenes with the same initial noise for each policy (Euler ODE,
+    ``eval.num_steps``) and average the NewtonBench metrics, the kinematic residual and the displacement.
+
+    Returns (name -> metric means, name -> videos (N, T, H, W, 3) uint8, references (N, T, H, W, 3) uint8).
+    """
+    rng = np.random.default_rng(cfg.eval.seed)
+    res, frames = cfg.data.resolution, cfg.data.num_frames
+    specs = [sample_spec(split, rng, resolution=(res, res), num_frames=frames) for _ in range(cfg.eval.clips)]
+    clips = [render_clip(s, seed=int(rng.integers(1 << 31))) for s in specs]
+    conditions = clips_to_conditions(clips)
+    cond, tc = conditions.conditions(), conditions.context.shape[1]
+    noise = torch.randn((len(clips), frames - tc, 3, res, res), generator=torch.Generator().manual_seed(cfg.eval.seed))
+    sampler = SamplerConfig(num_steps=cfg.eval.num_steps)
+    results, videos = {}, {}
+    for name, policy in policies.items():
+        policy.net.eval()
+        levels = sampler_levels(policy, sampler)
+        sample = sample_deterministic(model_fn(policy, cond), noise, levels)
+        video = np.concatenate([conditions.context, float_to_uint8(policy.to_video(sample, cond))], axis=1)
+        rows = []
+        for clip, gen in zip(clips, video, strict=True):
+            background = np.median(clip.video, axis=0).astype(np.uint8)
+            row = evaluate_clip(gen, clip.video, reference_masks=clip.masks, background=background)
+            row[DISPLACEMENT] = displacement(gen, background, tc)
+            rows.append(row)
+        results[name] = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+        videos[name] = video
+    ref_disp = [displacement(c.video, np.median(c.video, axis=0).astype(np.uint8), tc) for c in clips]
+    results["reference"] = {DISPLACEMENT: float(np.mean(ref_disp))}
+    return results, videos, conditions.reference
+
+
+def save_post_trained(policy: VideoPolicy, directory: Path) -> Path:
+    """Trainable weights (all of the tiny model, LoRA adapters of a transformer) as safetensors."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / POLICY_FILE
+    save_file({k: v.contiguous() for k, v in policy.get_weights().items()}, str(path))
+    return path
+
+
+def load_post_trained(cfg: VideoSection, run_dir: Path) -> VideoPolicy:
+    """The base policy of ``cfg`` with the weights saved by :func:`save_post_trained` in ``run_dir/video``."""
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / "video" / POLICY_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no post-trained video policy in this run directory (was video post-training run?)")
+    policy = load_policy(cfg.model)
+    policy.set_weights(load_file(str(path)))
+    return policy
+
+
+def side_by_side(videos: dict[str, np.ndarray], reference: np.ndarray, rows: int = 6, scale: int = 4) -> np.ndarray:
+    """Frames (T, rows * H * scale, (len(videos) + 1) * W * scale, 3) uint8: each row = one clip,
+    columns = the given videos then the reference, separated by 1-px white lines."""
+    cols = [*videos.values(), reference]
+    n = min(rows, len(reference))
+    pad = lambda v: np.pad(v, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=255)  # noqa: E731
+    grid = np.concatenate([np.concatenate([pad(c[i]) for c in cols], axis=2) for i in range(n)], axis=1)
+    return grid.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def write_artifacts(out: Path, history: list[dict[str, float]], videos: dict[str, np.ndarray],
+                    reference: np.ndarray, split: str) -> list[Path]:
+    """samples_<split>.gif (base | post-trained | reference), its first/last-frame PNG strip, training curves."""
+    import imageio.v3 as iio
+
+    from pipeline.plots import line_plot
+
+    out.mkdir(parents=True, exist_ok=True)
+    frames = side_by_side(videos, reference)
+    paths = [out / f"samples_{split}.gif", out / f"samples_{split}.png"]
+    iio.imwrite(paths[0], frames, duration=250, loop=0)
+    iio.imwrite(paths[1], np.concatenate(list(frames[3::4]), axis=1))
+    steps = list(range(1, len(history) + 1))
+    series = {k: (steps, [h[k] for h in history]) for k in history[0] if k.startswith("reward_") or k == "kinematic"
+              or k == "mass"} if history else {}
+    if series:
+        paths.append(line_plot(out / "video_rewards.png", series, title="video post-training rewards",
+                               xlabel="iteration", ylabel="mean reward", logy=False))
+    return paths
+
+
+def evaluate_run(cfg: VideoSection, base: VideoPolicy, post: VideoPolicy, split: str, out: Path | None = None,
+                 history: list[dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+    """Sections ``base``, ``post_trained``, ``reference`` (displacement) and ``improvement`` for one split;
+    writes the sample GIF/PNG (and curves when ``history`` is given) under ``out``."""
+    results, videos, reference = evaluate_policies({"base": base, "post_trained": post}, split, cfg)
+    results["improvement"] = relative_improvement(results["base"], results["post_trained"])
+    if out is not None:
+        write_artifacts(out, history or [], videos, reference, split)
+    return results
+
+
+def _report(summary: dict[str, Any]) -> str:
+    lines = ["## Video track (NewtonRewards)", "",
+             f"{summary['iterations']} iterations in {summary['train_s']:.0f} s "
+             f"(median {summary['median_iteration_s']:.2f} s/iteration), peak RSS {summary['peak_rss_mb']:.0f} MB.", ""]
+    for split, res in summary["eval"].items():
+        lines += [f"### {split}", "", "| metric | SFT base | post-trained | improvement |", "|---|---|---|---|"]
+        for key in (*FIVE_METRICS, KINEMATIC_RESIDUAL, DISPLACEMENT):
+            lines.append(f"| {key} | {res['base'][key]:.4g} | {res['post_trained'][key]:.4g} | "
+                         f"{res['improvement'].get(key, float('nan')):+.1%} |")
+        lines += [f"| mean of the five | | | {res['improvement'][MEAN_FIVE]:+.1%} |", "",
+                  f"![samples](video/samples_{split}.gif) (columns: base, post-trained, reference)", ""]
+    return "\n".join(lines + ["![rewards](video/video_rewards.png)", ""])
+
+
+def run_video(config, run, *, progress: bool = True) -> tuple[dict[str, Any], str]:
+    """Entry point of the controller: post-train, save, evaluate; returns (summary, markdown report)."""
+    import resource
+
+    cfg = parse_video_section(config.video)
+    torch.set_num_threads(cfg.threads)
+    seed = config.run.seed
+    rollout, scorer, learner = build_roles(cfg, seed=seed)
+    start = time.perf_counter()
+    history = post_train(cfg, rollout=rollout, scorer=scorer, learner=learner, rng=np.random.default_rng(seed),
+                         log_fn=lambda i, m: run.log(i, m, prefix="video"))
+    train_s = time.perf_counter() - start
+    out = Path(run.path) / "video"
+    save_post_trained(learner.policy, out)
+    base = load_policy(cfg.model)
+    evals = {split: evaluate_run(cfg, base, learner.policy, split, out, history if i == 0 else None)
+             for i, split in enumerate(cfg.eval.splits)}
+    summary = {"iterations": len(history), "train_s": train_s,
+               "median_iteration_s": float(np.median([h[ITERATION_S] for h in history])),
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "eval": evals}
+    return summary, _report(summary)

@@ -89,7 +89,8 @@ class AppearanceFeatures(FeatureBackend):
         colour = weights.mean(dim=(1, 3, 4)).flatten(1)  # (B, 3 * bins)
         change = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(2, 3, 4))  # (B, T-1)
         deviation = (x - x.median(dim=1, keepdim=True).values).abs().amax(dim=2)  # (B, T, H, W)
-        area = torch.sigmoid((deviation - self.threshold) / (0.2 * self.threshold)).mean(dim=(2, 3))  # (B, T)
+        soft = torch.sigmoid((deviation - self.threshold) / (0.2 * self.threshold)) - torch.sigmoid(torch.tensor(-5.0))
+        area = soft.clamp_min(0).mean(dim=(2, 3))  # (B, T), exactly 0 where nothing deviates
         blocks = [colour, self._resample(change), self._resample(area)]
         return torch.cat([_unit_rows(b) for b in blocks], dim=1) / len(blocks) ** 0.5
 

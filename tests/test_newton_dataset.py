@@ -119,6 +119,8 @@ def test_in_process_generation_is_balanced_and_guarded(tmp_path):
     assert after == {name: before[name] for name in after}
     with pytest.raises(ConfigError, match="primitive"):
         generate_dataset(tmp_path / "c", DatagenOptions(split="ood-friction", num_clips=1, primitive="free_fall"))
+    with pytest.raises(ConfigError, match="even"):
+        generate_dataset(tmp_path / "c", DatagenOptions(split="train", num_clips=1, resolution=(63, 64)))
 
 
 def test_ray_generation_equals_in_process(tmp_path):

@@ -10,8 +10,13 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.learners.grpo import GRPOConfig, GRPOLearner
-from rollouts.models import (TinyVideoConfig, build_tiny_policy, load_tiny_policy, load_transformer_policy,
-                             save_tiny_policy)
+from rollouts.models import (
+    TinyVideoConfig,
+    build_tiny_policy,
+    load_tiny_policy,
+    load_transformer_policy,
+    save_tiny_policy,
+)
 from rollouts.video import ConditionBatch, SamplerConfig, VideoRolloutWorker
 
 TINY_CONFIGS = {

@@ -6,8 +6,11 @@ import importlib
 from typing import Any
 
 from envs.control.base import ControlSystem
+from envs.control.cartpole import CartPole, CartPoleLinear
 from envs.control.linear import Example1, LinearSystem
 from envs.control.nonlinear import CosNonlinear, Example2
+from envs.control.pendulum import InvertedPendulum
+from envs.control.shifted import ShiftedSystem
 from pipeline.errors import ConfigError
 
 SYSTEMS: dict[str, type[ControlSystem]] = {}
@@ -20,7 +23,7 @@ def register(name: str, cls: type[ControlSystem]) -> None:
     SYSTEMS[name] = cls
 
 
-for _cls in (Example1, Example2, LinearSystem, CosNonlinear):
+for _cls in (Example1, Example2, LinearSystem, CosNonlinear, CartPole, CartPoleLinear, InvertedPendulum, ShiftedSystem):
     register(_cls.name, _cls)
 
 REQUIRED = ("f", "g", "phi", "grad_phi", "Q", "R", "x0")

@@ -2,7 +2,7 @@
 
 Format: a folder of clips, each a group of files sharing a stem (e.g. ``clip_0000042``):
 
-- ``STEM.mp4`` (required): the video, MPEG-4 part 2 (fourcc ``mp4v``) written by OpenCV, frames stored as BGR
+- ``STEM.mp4`` (required): the video, MPEG-4 part 2 (fourcc ``mp4v``, even H and W) written by OpenCV, BGR
   by the codec and returned as RGB by the readers. The codec is lossy (about 2-3 grey levels mean absolute
   error at 64x64), so exact data lives in the npz.
 - ``STEM.json`` (required): metadata, a JSON object with
@@ -65,7 +65,7 @@ class VideoRecord:
 
 
 def encode_video(video: np.ndarray, fps: float) -> bytes:
-    """mp4 (``mp4v``) bytes of a (T, H, W, 3) uint8 RGB video."""
+    """mp4 (``mp4v``) bytes of a (T, H, W, 3) uint8 RGB video; checks that the file decodes to T frames."""
     frames, height, width = video.shape[:3]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
@@ -75,10 +75,10 @@ def encode_video(video: np.ndarray, fps: float) -> bytes:
         for frame in video:
             writer.write(np.ascontiguousarray(frame[..., ::-1]))
         writer.release()
-        data = path.read_bytes()
-    if not data:
-        raise InputError(f"OpenCV wrote an empty mp4 for {frames} frames of {width}x{height}")
-    return data
+        decoded = read_video(path)
+        if decoded.shape != video.shape:
+            raise InputError(f"mp4v round trip of a {video.shape} video decoded as {decoded.shape}")
+        return path.read_bytes()
 
 
 def read_video(path: str | Path) -> np.ndarray:

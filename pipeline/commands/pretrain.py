@@ -1,9 +1,10 @@
 """``newtonrl pretrain``: supervised flow-matching training of the tiny video model = the SFT base.
 
 Data: train-split scenes rendered on the fly (``envs.newton``; ~1 ms per clip), first ``context_frames`` frames
-as the condition, the rest as the target. Loss: ``|| v_theta(x_sigma, sigma) - (eps - x0) ||^2`` with
-``x_sigma = (1 - sigma) x0 + sigma eps``, sigma ~ U(0, 1). Saves EMA weights (safetensors, < 5 MB) plus
-``loss.csv`` every ``--save-every`` seconds, so an interrupted run still leaves a usable checkpoint.
+as the condition, the rest as the target. Loss: ``|| x_sigma - sigma v_theta(x_sigma, sigma) - x0 ||^2`` (the
+clean-sample error = the velocity error times sigma^2) with ``x_sigma = (1 - sigma) x0 + sigma eps``,
+sigma ~ U(0, 1). Saves EMA weights (safetensors, < 5 MB) plus ``loss.csv`` every ``--save-every`` seconds, so an
+interrupted run still leaves a usable checkpoint.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def make_batch(rng: np.random.Generator, batch: int, config: TinyVideoConfig, po
 
 
 def flow_matching_loss(policy: VideoPolicy, x0: torch.Tensor, cond, generator: torch.Generator) -> torch.Tensor:
-    """Mean squared velocity error at uniformly drawn sigma."""
-    sigma = torch.rand(x0.shape[0], generator=generator)
+    """Mean squared error of the implied clean sample ``x - sigma v`` at uniformly drawn sigma (= the velocity
+    error weighted by sigma^2, which keeps low-noise levels from dominating)."""
+    sigma = torch.rand(x0.shape[0], generator=generator).clamp(min=1e-3)
     noise = torch.randn(x0.shape, generator=generator)
     s = sigma.view(-1, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * noise
-    return torch.nn.functional.mse_loss(policy(x_t, sigma, cond), noise - x0)
+    return torch.nn.functional.mse_loss(x_t - s * policy(x_t, sigma, cond), x0)
 
 
 def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:

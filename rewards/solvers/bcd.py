@@ -144,7 +144,7 @@ def block_coordinate_descent(
     scale = max(float(torch.linalg.vector_norm(b)), torch.finfo(b.dtype).tiny)
     w = torch.zeros_like(b) if w0 is None else w0.clone()
     g = G @ w - b
-    rng, pick, k, stat = np.random.default_rng(seed), SELECTIONS[selection], 0, float("inf")
+    rng, pick, updates = np.random.default_rng(seed), SELECTIONS[selection], 0
     nb = len(blocks.chol)
     for k in range(max_iter + 1):
         d = gradient_mapping(problem, w, g, step)
@@ -164,8 +164,10 @@ def block_coordinate_descent(
             delta = -torch.cholesky_solve(g[s:e, None], blocks.chol[j]).squeeze(-1)
         w[s:e] += delta
         g += delta @ G[s:e]  # G is symmetric: rows are contiguous
+        updates += 1
     _, stat = _stationarity(problem, w, step, scale)
-    return SolveResult(w=w, iterations=k, objective=problem.objective(w), converged=stat <= tol, stationarity=stat)
+    return SolveResult(w=w, iterations=updates, objective=problem.objective(w), converged=stat <= tol,
+                       stationarity=stat)
 
 
 def _require_smooth(problem: QuadraticProblem, name: str) -> None:

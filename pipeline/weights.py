@@ -1,0 +1,91 @@
+"""Versioned weight sync learner -> rollout workers; only the adapter weights when the policy has LoRA adapters.
+
+The learner side builds a :class:`WeightsMessage` (:func:`weights_message`); :class:`WeightSync` sends it to every
+worker of a pool (with Ray: one object-store copy per version, shared by all workers). The worker side applies it
+with :func:`apply_message`, which ignores versions it already has, so a re-sent or late message is harmless.
+A rollout role only needs a method (default ``set_weights``) that calls :func:`apply_message` on its model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightsMessage:
+    """Weights of one policy version: CPU tensors by state-dict key; ``adapter_only``: peft adapter keys only."""
+
+    version: int
+    tensors: dict[str, torch.Tensor]
+    adapter_only: bool = False
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """True when ``model`` is a peft model (or holds one) with LoRA-style adapters."""
+    return hasattr(model, "peft_config") or any(hasattr(m, "peft_config") for m in model.children())
+
+
+def _peft_model(model: nn.Module) -> nn.Module:
+    if hasattr(model, "peft_config"):
+        return model
+    return next(m for m in model.children() if hasattr(m, "peft_config"))
+
+
+def weights_message(model: nn.Module, version: int, *, adapter_only: bool | None = None) -> WeightsMessage:
+    """The state to ship: adapter weights when the model has adapters (or ``adapter_only``), else all of it."""
+    adapter_only = has_adapters(model) if adapter_only is None else adapter_only
+    if adapter_only:
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(_peft_model(model))
+    else:
+        state = model.state_dict()
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only)
+
+
+def apply_message(model: nn.Module, message: WeightsMessage, current_version: int) -> int:
+    """Load ``message`` into ``model`` unless it is not newer than ``current_version``; returns the new version."""
+    if message.version <= current_version:
+        return current_version
+    if message.adapter_only:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(_peft_model(model), message.tensors)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise KeyError(f"adapter weights do not match the model: unexpected keys {unexpected[:3]}")
+    else:
+        model.load_state_dict(message.tensors)
+    return message.version
+
+
+class WeightSync:
+    """Pushes versioned weights to every worker of a pool (``runtime`` LocalPool or RayPool) through ``method``."""
+
+    def __init__(self, pool, *, method: str = "set_weights") -> None:  # noqa: ANN001 - LocalPool | RayPool
+        self.pool = pool
+        self.method = method
+        self.version = 0
+        self.last_seconds = 0.0
+
+    def push(self, message: WeightsMessage) -> list[int]:
+        """Send ``message`` to all workers; returns the version each now holds. Times the round trip."""
+        t0 = time.perf_counter()
+        versions = self.pool.broadcast(self.method, message)
+        self.version = message.version
+        self.last_seconds = time.perf_counter() - t0
+        log.debug("weights v%d (%.1f MB%s) synced in %.3f s", message.version, message.num_bytes / 1e6,
+                  ", adapters" if message.adapter_only else "", self.last_seconds)
+        return versions

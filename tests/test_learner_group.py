@@ -1,0 +1,148 @@
+"""Learner group: a real 2-process DDP group (gloo, Ray actors) == one full-batch step; replicas stay identical."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import RuntimeSection
+from pipeline.learner_group import LearnerGroup, LearnerSettings, split
+from pipeline.runtime import LocalPool, make_pool, ray_session
+from pipeline.weights import WeightSync, apply_message, weights_message
+
+ray = pytest.importorskip("ray")
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+LR = 0.1
+
+
+@dataclass
+class Regression:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        x, y = batch
+        return (model(x) - y).pow(2).mean(), {"n": float(len(x))}
+
+
+def build() -> Regression:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    return Regression(model, torch.optim.SGD(model.parameters(), lr=LR))
+
+
+def data(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, generator=g)
+    return x, x.sum(1, keepdim=True).sin()
+
+
+def full_batch_step() -> dict[str, torch.Tensor]:
+    """Independent truth: one plain SGD step on the mean loss of the whole batch."""
+    ref = build()
+    x, y = data()
+    ref.optimizer.zero_grad()
+    ref.loss(ref.model, (x, y))[0].backward()
+    ref.optimizer.step()
+    return ref.model.state_dict()
+
+
+def micro(x: torch.Tensor, y: torch.Tensor, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(zip(torch.chunk(x, parts), torch.chunk(y, parts)))
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_in_process_grad_accumulation_equals_full_batch():
+    group = LearnerGroup(build, RuntimeSection(use_ray=False, num_learners=0, grad_accumulation=4))
+    metrics = group.update([micro(*data(), 4)])  # 4 micro-batches, one optimizer step
+    assert metrics["n"] == 4.0
+    before = build().model.state_dict()
+    after = group.replica_weights()[0]
+    assert_close(after, full_batch_step())
+    assert any(not torch.equal(after[k], before[k]) for k in after)  # it did move
+    group.shutdown()
+
+
+def test_two_process_ddp_replicas_match_a_full_batch_step(tmp_path):
+    runtime = RuntimeSection(num_cpus=2, num_learners=2, cpus_per_learner=1.0)
+    with ray_session(runtime):
+        group = LearnerGroup(build, runtime, settings=LearnerSettings.from_runtime(runtime))
+        try:
+            x, y = data()
+            shards = [[b] for b in micro(x, y, 2)]  # replica r sees only its half of the batch
+            group.update(shards)
+            first, second = group.replica_weights()
+            assert_close(first, second)  # replicas identical after the step ...
+            assert_close(first, full_batch_step())  # ... and equal to the full-batch step (gradients averaged)
+            message = group.weights(version=7)
+            assert message.version == 7 and not message.adapter_only
+            assert_close(message.tensors, first)
+            receivers = make_pool(Receiver, 2, runtime=runtime)
+            assert WeightSync(receivers).push(message) == [7, 7]
+            assert WeightSync(receivers).push(group.weights(version=3)) == [7, 7]  # stale version: ignored
+            for held in receivers.broadcast("weights"):
+                assert_close(held, first)
+            receivers.close()
+            state = group.state()
+            group.update([[b] for b in micro(x.flip(0), y.flip(0), 2)])
+            group.load_state(state)
+            assert_close(group.replica_weights()[1], first)
+        finally:
+            group.shutdown()
+
+
+def test_split_deals_contiguous_shards():
+    assert split(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+class Receiver:
+    """A rollout-side role holding a copy of the policy."""
+
+    def __init__(self, worker_index: int = 0) -> None:
+        torch.manual_seed(100 + worker_index)
+        self.model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.version = 0
+
+    def set_weights(self, message) -> int:
+        self.version = apply_message(self.model, message, self.version)
+        return self.version
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+
+def lora(seed: int) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    base = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    model = get_peft_model(base, LoraConfig(r=2, lora_alpha=2, target_modules=["0", "2"], init_lora_weights=False))
+    return model
+
+
+def test_lora_sync_ships_only_adapters():
+    learner, rollout = lora(0), lora(1)
+    rollout.base_model.model[0].base_layer.load_state_dict(learner.base_model.model[0].base_layer.state_dict())
+    rollout.base_model.model[2].base_layer.load_state_dict(learner.base_model.model[2].base_layer.state_dict())
+    message = weights_message(learner, version=1)
+    assert message.adapter_only and message.tensors and all("lora_" in k for k in message.tensors)
+    full = weights_message(learner, version=1, adapter_only=False)
+    assert message.num_bytes < full.num_bytes
+    x = torch.randn(5, 3)
+    assert not torch.allclose(learner(x), rollout(x))
+    pool = LocalPool(Receiver, 1)
+    pool.workers[0].model = rollout
+    assert WeightSync(pool).push(message) == [1]
+    torch.testing.assert_close(learner(x), rollout(x), rtol=0, atol=1e-7)
