@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,7 @@ class LocalPool:
     def __init__(self, role: type, num_workers: int, *args: Any, **kwargs: Any) -> None:
         self.workers = [role(*args, worker_index=i, **kwargs) for i in range(num_workers)]
         self.name = role.__name__
+        self.restart_hooks: list[Callable[[int | None], None]] = []  # never called: in-process workers do not die
 
     def map(self, method: str, calls: Sequence[tuple]) -> list[Any]:
         n = len(self.workers)
@@ -141,9 +143,22 @@ class LocalPool:
         """Call ``method`` on worker 0."""
         return getattr(self.workers[0], method)(*args)
 
-    def broadcast(self, method: str, *args: Any) -> list[Any]:
+    def broadcast(self, method: str, *args: Any, wait: bool = True) -> list[Any]:
         """Call ``method`` with the same arguments on every worker."""
         return [getattr(w, method)(*args) for w in self.workers]
+
+    def submit(self, method: str, calls: Sequence[tuple]) -> list[Any]:
+        """In-process: the results themselves (computed now, as the Ray pool would start them now)."""
+        return self.map(method, calls)
+
+    def resolve(self, handles: list[Any]) -> list[Any]:
+        return handles
+
+    def call_on(self, worker: int, method: str, *args: Any) -> Any:
+        return getattr(self.workers[worker], method)(*args)
+
+    def notify_restart(self, worker: int | None) -> None:
+        """Nothing to do in-process."""
 
     def close(self) -> None:
         self.workers = []
@@ -158,6 +173,9 @@ class RayPool:
 
         self.name = role.__name__
         self.max_retries = runtime.max_restarts
+        #: called with a restarted worker's index (None: unknown, maybe any) before its calls are re-done, e.g.
+        #: to send it the current weights again (a restarted actor starts from its constructor arguments)
+        self.restart_hooks: list[Callable[[int | None], None]] = []
         remote = ray.remote(role)
         res = role_resources(runtime)[kind]
         self.workers = []
@@ -188,18 +206,47 @@ class RayPool:
                 log.warning("%s worker %d died during %s (%s); Ray restarts it, re-doing its %d call(s) "
                             "(retry %d of %d)", self.name, w, method, type(failed[lost[0]]).__name__, len(lost),
                             attempt + 1, self.max_retries)
+                self.notify_restart(w)
             pending = sorted(failed)
         return [results[i] for i in range(len(calls))]
 
     def call(self, method: str, *args: Any) -> Any:
         return self.map(method, [args])[0]
 
-    def broadcast(self, method: str, *args: Any) -> list[Any]:
-        """Call ``method`` with the same arguments on every worker; the arguments go to the object store once."""
+    def broadcast(self, method: str, *args: Any, wait: bool = True) -> list[Any]:
+        """Call ``method`` with the same arguments on every worker; the arguments go to the object store once.
+
+        ``wait=False`` returns at once (the refs): each worker runs the call after the calls already queued on
+        it and before any submitted later, which is what an asynchronous weight push needs.
+        """
         import ray
 
         refs = tuple(ray.put(a) for a in args)
+        if not wait:
+            return self.submit(method, [refs] * len(self.workers))
         return self.map(method, [refs] * len(self.workers))  # call i goes to worker i; Ray resolves the refs
+
+    def submit(self, method: str, calls: Sequence[tuple]) -> list[Any]:
+        """Start the calls (round-robin) and return their refs without waiting; refs may be passed on as
+        arguments to another pool's calls (Ray hands the result over without the driver)."""
+        n = len(self.workers)
+        return [getattr(self.workers[i % n], method).remote(*call) for i, call in enumerate(calls)]
+
+    def resolve(self, handles: list[Any]) -> list[Any]:
+        import ray
+
+        return ray.get(handles)
+
+    def call_on(self, worker: int, method: str, *args: Any) -> Any:
+        """``method(*args)`` on one worker (waits for it to be restarted if it is down)."""
+        import ray
+
+        return ray.get(getattr(self.workers[worker], method).remote(*args))
+
+    def notify_restart(self, worker: int | None) -> None:
+        """Run the restart hooks for ``worker`` (None: a worker of this pool, unknown which)."""
+        for hook in self.restart_hooks:
+            hook(worker)
 
     def close(self) -> None:
         import ray
@@ -207,6 +254,54 @@ class RayPool:
         for actor in self.workers:
             ray.kill(actor)
         self.workers = []
+
+
+class BatchStream:
+    """Sample -> score pipelined ahead of the learner: step k+1.. run while the learner works on step k.
+
+    ``calls(step)`` gives the rollout-call arguments of one step; every rollout result goes straight to the
+    reward pool's ``score``. Up to ``max_staleness + 1`` steps are in flight, so the batch of step k may come from a
+    policy ``max_staleness`` versions older than the learner's (0 = synchronous: a step starts when it is asked
+    for, after the previous weight push). A step lost to a dead actor is re-done synchronously (with restarts).
+    In-process pools compute a step when it is started, so the policy versions and numbers match Ray's.
+    """
+
+    def __init__(self, rollouts: LocalPool | RayPool, rewards: LocalPool | RayPool, calls: Callable[[int], list],
+                 *, max_staleness: int = 0, sample: str = "rollout", score: str = "score") -> None:
+        self.rollouts, self.rewards, self.calls = rollouts, rewards, calls
+        self.max_staleness, self.sample, self.score = max_staleness, sample, score
+        self.inflight: deque[tuple[int, list, list]] = deque()
+        self.started = 0
+
+    def _start(self) -> None:
+        calls = self.calls(self.started)
+        sampled = self.rollouts.submit(self.sample, calls)
+        self.inflight.append((self.started, calls, self.rewards.submit(self.score, [(b,) for b in sampled])))
+        self.started += 1
+
+    def get(self, step: int, *, last: int | None = None) -> list[Any]:
+        """Scored results of ``step`` (in call order); starts steps up to ``step + max_staleness`` (< ``last``)."""
+        while self.started <= step:
+            self._start()
+        started_step, calls, handles = self.inflight.popleft()
+        assert started_step == step, f"steps must be asked for in order ({started_step} != {step})"
+        while self.started <= step + self.max_staleness and (last is None or self.started < last):
+            self._start()
+        try:
+            return self.rewards.resolve(handles)
+        except Exception as exc:  # noqa: BLE001 - only actor deaths are retried, anything else re-raised
+            if not _actor_died(exc):
+                raise
+            log.warning("step %d lost a worker (%s); re-doing it synchronously", step, type(exc).__name__)
+            self.rollouts.notify_restart(None)
+            self.rewards.notify_restart(None)
+            return self.rewards.map(self.score, [(b,) for b in self.rollouts.map(self.sample, calls)])
+
+
+def _actor_died(exc: Exception) -> bool:
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayActorError)
 
 
 def make_pool(role: type, num_workers: int, *args: Any, runtime: RuntimeSection, kind: str = "rollout",

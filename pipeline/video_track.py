@@ -108,6 +108,8 @@ class LearnerSection(Strict):
     minibatch: int = Field(8, ge=1)  # clips per forward/backward pass
     grad_accum: int = Field(1, ge=1)  # minibatches per optimizer step
     epochs: int = Field(1, ge=1)  # passes over each batch
+    objective: Literal["clipped", "weighted_fm"] = "clipped"  # grpo/ddpo: PPO surrogate on stored transitions, or
+    # advantage-weighted flow matching on the rollouts' clean samples (RAFT/AWR style; less gradient noise)
     grad_steps: int = Field(1, ge=1)  # reward_grad: last K sampling steps that keep gradients
     checkpointing: bool = False  # reward_grad: recompute those steps in backward (less memory)
 
@@ -251,7 +253,8 @@ def build_roles(cfg: VideoSection, *, seed: int = 0):
                               seed=seed)
         return rollout, None, RewardGradLearner(learner_policy, newton_reward_fn(cfg.reward), rg)
     grpo = GRPOConfig(lr=lc.lr, clip_range=lc.clip_range, kl_beta=lc.kl_beta, timestep_fraction=lc.timestep_fraction,
-                      minibatch=lc.minibatch, grad_accum=lc.grad_accum, epochs=lc.epochs, seed=seed)
+                      minibatch=lc.minibatch, grad_accum=lc.grad_accum, epochs=lc.epochs, objective=lc.objective,
+                      seed=seed)
     return rollout, NewtonScorer(cfg.reward), GRPOLearner(learner_policy, grpo)
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +32,26 @@ class WeightsMessage:
     @property
     def num_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def __reduce__(self) -> tuple:
+        """Travel as numpy arrays: Ray reads those from its object store without a copy (torch tensors it
+        would unpickle into fresh memory on every worker). bf16 / fp8 go as same-width integers."""
+        arrays = {k: (_as_numpy(t), str(t.dtype).removeprefix("torch.")) for k, t in self.tensors.items()}
+        return (_rebuild, (self.version, arrays, self.adapter_only))
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    try:
+        return t.numpy()
+    except TypeError:  # no numpy dtype (bfloat16, float8): reinterpret the bits
+        return t.view({1: torch.uint8, 2: torch.int16}[t.element_size()]).numpy()
+
+
+def _rebuild(version: int, arrays: dict[str, tuple[np.ndarray, str]], adapter_only: bool) -> WeightsMessage:
+    with warnings.catch_warnings():  # read-only object-store memory: loading copies it into the model anyway
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = {k: torch.from_numpy(a).view(getattr(torch, dtype)) for k, (a, dtype) in arrays.items()}
+    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only)
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -79,13 +102,27 @@ class WeightSync:
         self.method = method
         self.version = 0
         self.last_seconds = 0.0
+        self.last: WeightsMessage | None = None
+        pool.restart_hooks.append(self.resend)
 
-    def push(self, message: WeightsMessage) -> list[int]:
-        """Send ``message`` to all workers; returns the version each now holds. Times the round trip."""
+    def push(self, message: WeightsMessage, *, wait: bool = True) -> list[Any]:
+        """Send ``message`` to all workers; returns the version each now holds (``wait=False``: Ray refs to it, the
+        workers apply it after their queued calls, before later ones). Times the (submission) round trip."""
         t0 = time.perf_counter()
-        versions = self.pool.broadcast(self.method, message)
-        self.version = message.version
+        versions = self.pool.broadcast(self.method, message, wait=wait)
+        self.version, self.last = message.version, message
         self.last_seconds = time.perf_counter() - t0
         log.debug("weights v%d (%.1f MB%s) synced in %.3f s", message.version, message.num_bytes / 1e6,
                   ", adapters" if message.adapter_only else "", self.last_seconds)
         return versions
+
+    def resend(self, worker: int | None) -> None:
+        """Give a restarted worker (None: every worker) the current weights again; up-to-date workers skip it."""
+        if self.last is None:
+            return
+        log.warning("re-sending weights v%d to %s", self.last.version,
+                    "every worker" if worker is None else f"restarted worker {worker}")
+        if worker is None:
+            self.pool.broadcast(self.method, self.last)
+        else:
+            self.pool.call_on(worker, self.method, self.last)

@@ -86,7 +86,7 @@ class ControlPolicy(nn.Module):
             self.mlp = nn.Sequential(*layers, last)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float = 0.0) -> torch.Tensor:
-        """u (..., m) at states x (..., n) and time t (s); u(0, t) = 0 so the origin stays an equilibrium."""
+        """u (B, m) at states x (B, n), time t (s; scalar or (B, 1)); u(0, t) = 0: the origin stays an equilibrium."""
         u = self.linear(x)
         if self.mlp is None:
             return u
@@ -154,7 +154,8 @@ def returns(system: ControlSystem, policy: nn.Module, starts: torch.Tensor, spec
     times, states = simulate(system, policy, starts, spec)
     if spec.cost == "exact":
         return states[-1, :, -1], states[..., :-1]
-    u = torch.stack([policy(x, t) for x, t in zip(states, times)])
+    S, B, n = states.shape
+    u = policy(states.reshape(S * B, n), times.repeat_interleave(B)[:, None]).reshape(S, B, -1)
     l_nodes = utility(system, states, u).T  # (B, S)
     K, N = spec.intervals, spec.nodes
     idx = torch.arange(K)[:, None] * (N - 1) + torch.arange(N)[None, :]  # (K, N) node indices per interval
@@ -213,12 +214,16 @@ class NeuralRolloutWorker:
         self.policy = ControlPolicy(self.system.state_dim, self.system.input_dim, **policy_kwargs)
 
     def rollout(self, params: dict[str, np.ndarray], starts: np.ndarray) -> NeuralBatch:
-        """Returns of the policy ``params`` from ``starts`` (B, n) and the pathwise gradient of their sum."""
+        """Returns of the policy ``params`` from ``starts`` (B, n) and the pathwise gradient of their sum.
+
+        A diverging trajectory gives a non-finite return and zero gradients (the learner decides what that means).
+        """
         self.policy.load_state_dict({k: torch.as_tensor(v) for k, v in params.items()})
         self.policy.zero_grad()
         ret, states = returns(self.system, self.policy, torch.as_tensor(starts, dtype=torch.float64), self.spec)
-        if not torch.all(torch.isfinite(ret)):
-            raise InputError(f"neural policy is not admissible on {self.system.name}: non-finite return")
-        ret.sum().backward()
-        grads = {k: p.grad.detach().numpy().copy() for k, p in self.policy.named_parameters() if p.grad is not None}
+        finite = bool(torch.all(torch.isfinite(ret)))
+        if finite:
+            ret.sum().backward()
+        grads = {k: p.grad.detach().numpy().copy() if finite and p.grad is not None else np.zeros(tuple(p.shape))
+                 for k, p in self.policy.named_parameters()}
         return NeuralBatch(returns=ret.detach().numpy(), grads=grads, states=states.detach().numpy())

@@ -115,7 +115,8 @@ class RolloutBatch:
 
     ``videos``: (B, T_total, H, W, 3) uint8 = context ++ generated frames; ``latents``: (B, K + 1, T, 3, H, W)
     states in the sample space at the K window steps; ``log_probs``: (B, K) behaviour log-probs (nats/element);
-    ``levels``: (K + 1,); ``groups``: (B,) condition ids."""
+    ``levels``: (K + 1,); ``groups``: (B,) condition ids; ``final``: (B, T, 3, H, W) clean samples in the sample
+    space (float, before the uint8 conversion of ``videos``)."""
 
     conditions: ConditionBatch
     groups: np.ndarray
@@ -125,6 +126,7 @@ class RolloutBatch:
     levels: Tensor
     weights_version: int
     sampler: SamplerConfig
+    final: Tensor | None = None
     rewards: dict[str, np.ndarray] = field(default_factory=dict)
     advantages: np.ndarray | None = None
 
@@ -182,4 +184,4 @@ class VideoRolloutWorker:
         groups = conditions.groups if conditions.groups is not None else np.arange(b)
         return RolloutBatch(conditions=conditions, groups=groups, videos=clip, latents=traj.latents,
                             log_probs=traj.log_probs, levels=traj.levels, weights_version=self.version,
-                            sampler=self.sampler)
+                            sampler=self.sampler, final=traj.final)

@@ -144,3 +144,68 @@ def test_resume_past_an_iteration_cap(tmp_path):
 
 def test_resume_needs_a_run_directory(tmp_path):
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+
+
+def tiny_unet(seed: int):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8)
+
+
+def save_video_run(tmp_path, net):
+    from pipeline.commands.export import model_spec
+
+    run = tmp_path / "video-run"
+    save_checkpoint(run / "checkpoints" / "video", 3, training_state(model=net, model_spec=model_spec(net), rng=False))
+    return run
+
+
+def unet_out(net):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        return net(x, torch.tensor([10, 500])).sample
+
+
+def test_export_diffusers_and_lora_folders_load_back(tmp_path):
+    from diffusers import UNet2DModel
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    net = tiny_unet(0)
+    run = save_video_run(tmp_path, net)
+    assert main(["export", str(run), "--format", "diffusers", "--out", str(tmp_path / "d")]) == 0
+    torch.testing.assert_close(unet_out(UNet2DModel.from_pretrained(tmp_path / "d")), unet_out(net))
+    assert main(["export", str(run), "--format", "lora", "--out", str(tmp_path / "x")]) == 2  # no adapters
+
+    lora = get_peft_model(tiny_unet(1), LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                                   init_lora_weights=False))
+    run = save_video_run(tmp_path / "l", lora)
+    assert main(["export", str(run), "--format", "lora", "--out", str(tmp_path / "lora")]) == 0
+    back = PeftModel.from_pretrained(tiny_unet(1), tmp_path / "lora")  # same base, adapters from the folder
+    torch.testing.assert_close(unet_out(back), unet_out(lora))
+    assert not torch.allclose(unet_out(back), unet_out(tiny_unet(1)))  # the adapters matter
+    assert main(["export", str(run), "--format", "diffusers", "--out", str(tmp_path / "merged")]) == 0
+    torch.testing.assert_close(unet_out(UNet2DModel.from_pretrained(tmp_path / "merged")), unet_out(lora),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_export_control_policy_with_system_description(tmp_path):
+    from safetensors import safe_open
+
+    from envs.control import make_system
+
+    run = train(control_cfg(tmp_path, max_iterations=3), progress=False)
+    assert main(["export", str(run), "--format", "safetensors"]) == 0
+    out = run / "export" / "control-safetensors"
+    w = np.asarray(json.loads((run / "summary.json").read_text())["control"]["weights"])
+    with safe_open(str(out / "policy.safetensors"), framework="np") as fh:
+        np.testing.assert_array_equal(fh.get_tensor("value_weights"), w)
+        described = json.loads(fh.metadata()["system"])
+        assert "policy_gain" not in fh.keys()  # example2 is nonlinear: no linear gain
+    assert described == json.loads((out / "system.json").read_text())
+    assert described["system"] == "example2" and described["state_dim"] == 2 and described["iteration"] == 3
+    system = make_system("example2", {})
+    np.testing.assert_array_equal(described["Q"], system.Q)

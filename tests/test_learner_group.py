@@ -76,7 +76,7 @@ def test_in_process_grad_accumulation_equals_full_batch():
 
 
 def test_two_process_ddp_replicas_match_a_full_batch_step(tmp_path):
-    runtime = RuntimeSection(num_cpus=2, num_learners=2, cpus_per_learner=1.0)
+    runtime = RuntimeSection(num_cpus=2, num_learners=2, cpus_per_learner=0.5)  # + 2 x 0.5 for receivers
     with ray_session(runtime):
         group = LearnerGroup(build, runtime, settings=LearnerSettings.from_runtime(runtime))
         try:
@@ -146,3 +146,32 @@ def test_lora_sync_ships_only_adapters():
     pool.workers[0].model = rollout
     assert WeightSync(pool).push(message) == [1]
     torch.testing.assert_close(learner(x), rollout(x), rtol=0, atol=1e-7)
+
+
+def test_weights_message_travels_as_arrays_and_keeps_dtypes():
+    import pickle
+
+    message = weights_message(nn.Linear(3, 2).to(torch.bfloat16), version=4)
+    back = pickle.loads(pickle.dumps(message))
+    assert back.version == 4 and back.tensors.keys() == message.tensors.keys()
+    for key, tensor in message.tensors.items():
+        assert back.tensors[key].dtype == torch.bfloat16 and torch.equal(back.tensors[key], tensor)
+
+
+def test_gpu_bench_dry_run_on_cpu(tmp_path, monkeypatch):
+    """bench/gpu.sh's script at tiny size on CPU: same code path as the H200 run, finite figures."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_bench.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu.json"
+    monkeypatch.setattr(sys, "argv", ["gpu_bench", "--size", "tiny", "--device", "cpu", "--warmup", "1", "--iters",
+                                      "1", "--sample-steps", "2", "--rollout-iters", "1", "--out", str(out)])
+    module.main()
+    record = json.loads(out.read_text())
+    assert record["params_B"] > 0 and record["flops_per_step_T"] > 0 and record["videos_per_s"] > 0
+    assert record["forward_ms"] * 2 == pytest.approx(record["sample_s"] * 1e3)

@@ -138,3 +138,20 @@ def test_reward_grad_learner_ascends_a_reward():
     assert first[-1] > first[0] + 0.05, first
     with pytest.raises(ConfigError, match="grad_steps"):
         RewardGradConfig(weights={"a": 1.0}, num_steps=3, grad_steps=4).validate()
+
+
+def test_weighted_fm_only_learns_from_positive_advantages():
+    policy, batch = _rollout("sde")
+    learner = GRPOLearner(policy, GRPOConfig(objective="weighted_fm", seed=5))
+    idx, cond = np.arange(len(batch)), batch.conditions.conditions()
+    batch.advantages = np.array([2.0, -1.0, -1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    loss, _ = learner.weighted_fm_loss(batch, idx, cond)
+    # brute force with the same draws: only sample 0 counts
+    gen = torch.Generator().manual_seed(5)
+    sigma = torch.rand(len(idx), generator=gen).clamp(min=1e-3)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    x_t = (1 - s) * batch.final + s * torch.randn(batch.final.shape, generator=gen)
+    per = ((x_t - s * policy(x_t, sigma, cond) - batch.final) ** 2).flatten(1).mean(1)
+    assert loss.item() == pytest.approx(per[0].item(), rel=1e-5)
+    batch.advantages = -np.abs(batch.advantages)
+    assert learner.weighted_fm_loss(batch, idx, cond)[0].item() == 0.0

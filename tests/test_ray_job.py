@@ -93,3 +93,15 @@ def test_job_submit_runs_the_debug_config(ray_head, tmp_path):
     assert summary["iterations"] == 6 and summary["system"] == "example2"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 6
     assert sorted(p.name for p in (run / "checkpoints" / "control").iterdir()) == ["step-00000004", "step-00000006"]
+
+
+@pytest.mark.parametrize("name", ["local", "aws"])
+def test_cluster_configs_pass_the_launcher_schema(name):
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "configs" / "cluster" / f"{name}.yaml").read_text())
+    validate_config(prepare_config(config))  # raises on unknown / missing keys
+    setup = " ; ".join(config["setup_commands"])
+    assert 'install -q "torch==2.13.0"' in setup and "install -q -e ~/newtonrl" in setup
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])

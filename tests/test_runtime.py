@@ -9,7 +9,15 @@ import pytest
 
 from pipeline.config import RuntimeSection
 from pipeline.errors import ConfigError
-from pipeline.runtime import LocalPool, Placement, check_fits, make_pool, plan_bundles, role_resources
+from pipeline.runtime import (
+    BatchStream,
+    LocalPool,
+    Placement,
+    check_fits,
+    make_pool,
+    plan_bundles,
+    role_resources,
+)
 
 ray = pytest.importorskip("ray")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -92,3 +100,40 @@ def test_placement_shortfall_is_reported_before_work(ray_gpu):
         Placement.reserve(spread)
     assert ray.util.placement_group_table() and all(
         pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
+
+
+class Versioned:
+    """Rollout role whose sample is (step, policy version it was sampled with)."""
+
+    def __init__(self, worker_index: int = 0) -> None:
+        self.version = 0
+
+    def set_weights(self, version: int) -> int:
+        self.version = version
+        return version
+
+    def rollout(self, step: int) -> tuple[int, int]:
+        return step, self.version
+
+    def score(self, batch: tuple[int, int]) -> tuple[int, int]:
+        return batch
+
+
+def stream_versions(runtime: RuntimeSection, staleness: int, steps: int = 5) -> list:
+    rollouts = make_pool(Versioned, 2, runtime=runtime)
+    rewards = make_pool(Versioned, 1, runtime=runtime, kind="reward")
+    stream = BatchStream(rollouts, rewards, lambda k: [(k,), (k,)], max_staleness=staleness)
+    seen = []
+    for k in range(steps):
+        seen.append(stream.get(k, last=steps))
+        rollouts.broadcast("set_weights", k + 1, wait=staleness == 0)  # the learner's update on step k
+    rollouts.close()
+    rewards.close()
+    return seen
+
+
+@pytest.mark.parametrize("staleness", [0, 1, 2])
+def test_batch_stream_bounds_staleness_and_matches_in_process(ray_gpu, staleness):
+    expected = [[(k, max(k - staleness, 0))] * 2 for k in range(5)]  # step k sampled by policy k - s
+    assert stream_versions(RuntimeSection(use_ray=False), staleness) == expected
+    assert stream_versions(RuntimeSection(), staleness) == expected

@@ -188,3 +188,31 @@ def test_feature_dictionaries_match_closed_forms() -> None:
     exps = monomial_exponents(3, 3).tolist()
     assert float(feats[0, exps.index([1, 0, 2])]) == 2.0 * 9.0
     assert float(feats[0, exps.index([0, 3, 0])]) == -1.0
+
+
+def test_bench_crossover_is_the_start_of_the_winning_tail() -> None:
+    from pipeline.bench.solvers import _crossovers
+
+    times = ((1, 0.5), (10, 2.0), (100, 0.9), (1000, 0.1))
+    rows = [{"p": 3, "B": B, "chol_ms": 1.0, "ns_warm_ms": t} for B, t in times]
+    rows += [{"p": 10, "B": B, "chol_ms": 1.0, "ns_warm_ms": 2.0} for B in (1, 10)]
+    assert _crossovers(rows, "ns_warm_ms") == {3: 100, 10: None}
+
+
+def test_bench_runs_on_a_tiny_grid() -> None:
+    import argparse
+
+    from pipeline.bench import render
+    from pipeline.bench import solvers as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--batches", "1,4", "--dims", "3", "--grid", "5", "--repeats", "1", "--max-epochs", "20",
+                              "--problems", "regression", "--threads", str(torch.get_num_threads())])
+    result = bench.run(args)
+    ns_rows, ls_rows = result.tables["newton_schulz_vs_cholesky"], result.tables["regression_least_squares"]
+    assert [(r["B"], r["p"]) for r in ns_rows] == [(1, 3), (4, 3)]
+    assert all(r["fallback_warm"] == 0 and r["err_warm"] < 1e-8 for r in ns_rows)
+    assert [r["method"] for r in ls_rows] == ["direct (Cholesky)", "CG (scipy)", "BCD gsl", "BCD random", "BCD cyclic"]
+    assert ls_rows[0]["gap"] == 0.0 and all(r["gap"] >= -1e-12 for r in ls_rows)
+    assert "warm Newton-Schulz beats batched Cholesky from: p=3:" in render(result)

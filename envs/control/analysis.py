@@ -33,3 +33,17 @@ def closed_loop_eigenvalues(system: ControlSystem, policy: Callable[[np.ndarray]
 def stability_abscissa(system: ControlSystem, policy: Callable[[np.ndarray], np.ndarray]) -> float:
     """Largest real part of the closed-loop eigenvalues at the origin (< 0: locally stabilising) (1/s)."""
     return float(closed_loop_eigenvalues(system, policy).real.max())
+
+
+def mirrored_gain(A: np.ndarray, B: np.ndarray, *, min_rate: float = 0.5) -> np.ndarray:
+    """A CARE-free stabilising gain K (m, n): poles of A - BK at the open-loop eigenvalues mirrored into the left
+    half-plane, -max(|Re lambda|, min_rate) + i Im lambda (repeated real poles spread by 10 % so that
+    scipy.signal.place_poles can place them with few inputs)."""
+    import scipy.signal
+
+    eig = np.linalg.eigvals(A)
+    poles = -np.maximum(np.abs(eig.real), min_rate) + 1j * eig.imag
+    for i in range(poles.size):
+        while np.any(np.isclose(poles[:i], poles[i])):
+            poles[i] *= 1.1
+    return scipy.signal.place_poles(A, B, poles).gain_matrix

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from pipeline.bench import BenchResult
+from pipeline.errors import ConfigError
 from rewards.features import make_features
 from rewards.flow import make_flow
 from rewards.newton import REDUCTIONS, KinematicConfig, NewtonRewardConfig, NewtonRewardRole
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accel-change", type=float, default=1.0, help="acceleration change, multiples of g")
     parser.add_argument("--jitter", type=float, default=0.02, help="jitter std, fraction of the frame size")
     parser.add_argument("--teleport", type=float, default=0.1, help="teleport distance, fraction of the frame size")
+    parser.add_argument("--primitives", default="all", help="comma-separated primitives, or 'all'")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -113,7 +115,11 @@ def run(args: argparse.Namespace) -> BenchResult:
     role = NewtonRewardRole(config, flow=make_flow(args.flow), features=make_features(args.features))
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
-    rows = [_primitive_row(p, args, role, rng) for p in PRIMITIVES]
+    chosen = PRIMITIVES if args.primitives == "all" else tuple(args.primitives.split(","))
+    unknown = sorted(set(chosen) - set(PRIMITIVES))
+    if unknown:
+        raise ConfigError(f"--primitives: unknown {unknown}; expected a subset of {PRIMITIVES} or 'all'")
+    rows = [_primitive_row(p, args, role, rng) for p in chosen]
     keys = ("vel_rel_err_median", "acc_accel", "acc_jitter", "acc_teleport", "acc_frozen")
     acc = [{k: r[k] for k in ("primitive", *keys)} for r in rows]
     levels = [{k: v for k, v in r.items() if k not in keys} for r in rows]

@@ -14,6 +14,7 @@ Phases per step: rollout workers simulate shards of the initial states and retur
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 #: metric names
 MEAN_RETURN = "mean_return"
 GRAD_NORM = "grad_norm"
+DIVERGED_FACTOR = 1e3  # cost of a diverged probe: this times the best mean return so far
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ class NeuralPGLearner:
             value, grads = evaluate(self.params())
             for name, p in named.items():
                 p.grad = torch.as_tensor(grads[name]) if name in grads else torch.zeros_like(p)
-            last.update({MEAN_RETURN: value, GRAD_NORM: float(np.sqrt(sum((g**2).sum() for g in grads.values())))})
+            flat = np.concatenate([g.ravel() for g in grads.values()])
+            last.update({MEAN_RETURN: value, GRAD_NORM: math.hypot(*flat)})  # hypot: no overflow for huge returns
             return torch.tensor(value, dtype=torch.float64)
 
         self.opt.step(closure)
@@ -97,12 +100,19 @@ def train_neural_policy(spec: NeuralRolloutSpec, settings: NeuralPGSettings, sta
     pool = make_pool(NeuralRolloutWorker, len(shards), spec, kwargs, runtime=runtime)
     system = make_system(spec.system, spec.params)
     learner = NeuralPGLearner(ControlPolicy(system.state_dim, system.input_dim, **kwargs), settings)
-    counts = {"rollouts": 0}
+    counts: dict[str, float] = {"rollouts": 0}
 
     def evaluate(params: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
         batches = pool.map("rollout", [(params, shard) for shard in shards])
         counts["rollouts"] += len(starts)
         total = sum(b.returns.sum() for b in batches)
+        if not np.isfinite(total):
+            if "best" not in counts:
+                raise InputError(f"the initial neural policy is not admissible on {spec.system}: a trajectory "
+                                 "diverged; start from a stabilising gain")
+            # a line-search probe past the admissible set: a large finite cost makes the search step back
+            return DIVERGED_FACTOR * counts["best"], {k: np.zeros_like(v) for k, v in batches[0].grads.items()}
+        counts["best"] = min(counts.get("best", np.inf), float(total / len(starts)))
         grads = {k: sum(b.grads[k] for b in batches) / len(starts) for k in batches[0].grads}
         return float(total / len(starts)), grads
 
