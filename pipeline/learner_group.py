@@ -152,13 +152,15 @@ class LearnerWorker:
     def shutdown(self) -> None:
         """Free model and optimizer, then leave the process group (in that order: see the module doc)."""
         import torch.distributed as dist
+        from accelerate.state import AcceleratorState
 
-        for name in ("model", "optimizer", "scheduler", "learner"):
+        for name in ("model", "optimizer", "scheduler", "learner", "accelerator"):
             self.__dict__.pop(name, None)
         gc.collect()
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+        AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: free it for the next group
 
 
 class LearnerGroup:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -157,6 +158,9 @@ class LocalPool:
     def call_on(self, worker: int, method: str, *args: Any) -> Any:
         return getattr(self.workers[worker], method)(*args)
 
+    def wait_alive(self, worker: int | None = None, timeout_s: float = 0.0) -> None:
+        """In-process workers are always alive."""
+
     def notify_restart(self, worker: int | None) -> None:
         """Nothing to do in-process."""
 
@@ -206,6 +210,7 @@ class RayPool:
                 log.warning("%s worker %d died during %s (%s); Ray restarts it, re-doing its %d call(s) "
                             "(retry %d of %d)", self.name, w, method, type(failed[lost[0]]).__name__, len(lost),
                             attempt + 1, self.max_retries)
+                self.wait_alive(w)
                 self.notify_restart(w)
             pending = sorted(failed)
         return [results[i] for i in range(len(calls))]
@@ -237,8 +242,23 @@ class RayPool:
 
         return ray.get(handles)
 
+    def wait_alive(self, worker: int | None = None, timeout_s: float = 300.0) -> None:
+        """Block until ``worker`` (None: every worker) answers again after a restart; raises if it stays dead."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        for w in range(len(self.workers)) if worker is None else [worker]:
+            while True:
+                try:
+                    ray.get(self.workers[w].__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                    break
+                except ray.exceptions.ActorUnavailableError:  # still restarting
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+
     def call_on(self, worker: int, method: str, *args: Any) -> Any:
-        """``method(*args)`` on one worker (waits for it to be restarted if it is down)."""
+        """``method(*args)`` on one worker."""
         import ray
 
         return ray.get(getattr(self.workers[worker], method).remote(*args))
@@ -293,8 +313,9 @@ class BatchStream:
             if not _actor_died(exc):
                 raise
             log.warning("step %d lost a worker (%s); re-doing it synchronously", step, type(exc).__name__)
-            self.rollouts.notify_restart(None)
-            self.rewards.notify_restart(None)
+            for pool in (self.rollouts, self.rewards):
+                pool.wait_alive()
+                pool.notify_restart(None)
             return self.rewards.map(self.score, [(b,) for b in self.rollouts.map(self.sample, calls)])
 
 

@@ -16,7 +16,8 @@ ray = pytest.importorskip("ray")
 import pipeline.control_track as control_track  # noqa: E402
 from pipeline.config import RuntimeSection, parse_config  # noqa: E402
 from pipeline.control_track import run_control  # noqa: E402
-from pipeline.runtime import make_pool, ray_session  # noqa: E402
+from pipeline.runtime import BatchStream, make_pool, ray_session  # noqa: E402
+from pipeline.weights import WeightSync, apply_message, weights_message  # noqa: E402
 from rewards.policy_eval import PolicyEvaluator  # noqa: E402
 from rollouts.control import ControlRolloutWorker  # noqa: E402
 
@@ -55,6 +56,30 @@ class Slow:
     def work(self, x: int) -> tuple[int, int]:
         time.sleep(0.3)
         return x * x, os.getpid()
+
+
+class Policy:
+    """Rollout role holding versioned weights; dies once (marker) on a marked step."""
+
+    marker = ""
+
+    def __init__(self, worker_index: int = 0) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        self.model, self.version = torch.nn.Linear(2, 2), 0  # = weights(0)
+
+    def set_weights(self, message) -> int:
+        self.version = apply_message(self.model, message, self.version)
+        return self.version
+
+    def rollout(self, step: int) -> tuple[int, int, float]:
+        if step == 2:
+            die_once(self.marker)
+        return step, self.version, float(self.model.weight.sum())
+
+    def score(self, batch):
+        return batch
 
 
 RUNTIME = {"use_ray": True, "num_cpus": 2, "num_rollout_workers": 2, "num_reward_workers": 2, "max_restarts": 2}
@@ -124,3 +149,51 @@ def test_gives_up_after_max_restarts(ray_cluster, tmp_path):
             pool.call("work")
     finally:
         pool.close()
+
+
+def weights(version: int):
+    import torch
+
+    torch.manual_seed(version)
+    return weights_message(torch.nn.Linear(2, 2), version)
+
+
+def test_restarted_worker_gets_the_current_weights_again(ray_cluster, tmp_path, caplog):
+    Policy.marker = str(tmp_path / "die")
+    open(Policy.marker, "w").close()
+    pool = make_pool(Policy, 2, runtime=RuntimeSection(**RUNTIME))
+    sync = WeightSync(pool)
+    try:
+        sync.push(weights(1))
+        sync.push(weights(2))
+        with caplog.at_level(logging.WARNING):
+            out = pool.map("rollout", [(2,), (2,)])  # a worker dies, restarts from its constructor (version 0)
+        expected = float(weights(2).tensors["weight"].sum())
+        assert [(v, w) for _, v, w in out] == [(2, pytest.approx(expected))] * 2
+        assert any("re-sending weights v2 to restarted worker" in r.getMessage() for r in caplog.records)
+    finally:
+        pool.close()
+
+
+def test_async_stream_redoes_a_lost_step(ray_cluster, tmp_path, caplog):
+    Policy.marker = str(tmp_path / "die")
+    open(Policy.marker, "w").close()
+    rt = RuntimeSection(**RUNTIME)
+    rollouts, rewards = make_pool(Policy, 2, runtime=rt), make_pool(Policy, 1, runtime=rt, kind="reward")
+    sync = WeightSync(rollouts)
+    stream = BatchStream(rollouts, rewards, lambda k: [(k,), (k,)], max_staleness=1)
+    try:
+        seen = []
+        with caplog.at_level(logging.WARNING):
+            for k in range(5):
+                seen.append(stream.get(k, last=5))
+                sync.push(weights(k + 1), wait=False)
+        assert not os.path.exists(Policy.marker)  # a worker did die
+        assert any("step 2 lost a worker" in r.getMessage() for r in caplog.records)
+        for k, batch in enumerate(seen):  # every step done, within the staleness bound, by the policy it names
+            for step, version, weight_sum in batch:
+                assert step == k and max(k - 1, 0) <= version <= k
+                assert weight_sum == pytest.approx(float(weights(version).tensors["weight"].sum()))
+    finally:
+        rollouts.close()
+        rewards.close()

@@ -94,3 +94,28 @@ def test_raft_without_torchvision_names_the_package() -> None:
 def test_raft_names_a_missing_weights_path(tmp_path) -> None:
     with pytest.raises(InputError, match="raft.pth"):
         make_flow("raft", weights=str(tmp_path / "raft.pth"))
+
+
+class _ConstantFlowNet(torch.nn.Module):
+    """Stands in for RAFT: returns a constant flow (x, y) in the pixels of the frames it is given."""
+
+    def __init__(self, per_frame: tuple[float, float]) -> None:
+        super().__init__()
+        self.per_frame = per_frame
+        self.seen: tuple[int, ...] = ()
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor, num_flow_updates: int) -> list[torch.Tensor]:
+        self.seen = tuple(first.shape)
+        flow = torch.tensor(self.per_frame, dtype=first.dtype).view(1, 2, 1, 1)
+        return [flow.expand(first.shape[0], 2, *first.shape[-2:])]
+
+
+def test_raft_wrapper_resizes_to_raft_sizes_and_rescales_the_flow() -> None:
+    from rewards.flow import RAFTFlow
+
+    net = _ConstantFlowNet((4.0, -3.0))
+    out = RAFTFlow(net, iterations=3).flow_torch(torch.zeros(2, 3, 3, 60, 32))
+    assert net.seen == (4, 3, 128, 128)  # 2 clips x 2 pairs, both sides raised to RAFT's minimum 128
+    assert out.shape == (2, 2, 2, 60, 32)
+    np.testing.assert_allclose(out[:, :, 0].numpy(), 4.0 * 32 / 128)
+    np.testing.assert_allclose(out[:, :, 1].numpy(), -3.0 * 60 / 128)

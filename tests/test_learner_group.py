@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.config import RuntimeSection
 from pipeline.learner_group import LearnerGroup, LearnerSettings, split
-from pipeline.runtime import LocalPool, make_pool, ray_session
+from pipeline.runtime import LocalPool, Placement, make_pool, ray_session
 from pipeline.weights import WeightSync, apply_message, weights_message
 
 ray = pytest.importorskip("ray")
@@ -64,21 +64,29 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
-def test_in_process_grad_accumulation_equals_full_batch():
-    group = LearnerGroup(build, RuntimeSection(use_ray=False, num_learners=0, grad_accumulation=4))
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_in_process_grad_accumulation_equals_full_batch(precision):
+    runtime = RuntimeSection(use_ray=False, num_learners=0, grad_accumulation=4, mixed_precision=precision)
+    group = LearnerGroup(build, runtime)
     metrics = group.update([micro(*data(), 4)])  # 4 micro-batches, one optimizer step
     assert metrics["n"] == 4.0
     before = build().model.state_dict()
     after = group.replica_weights()[0]
-    assert_close(after, full_batch_step())
+    if precision == "no":
+        assert_close(after, full_batch_step())
+    else:  # bf16 autocast: the same step up to bf16 rounding of the matmuls
+        for key, value in full_batch_step().items():
+            torch.testing.assert_close(after[key], value, rtol=0, atol=2e-2)
     assert any(not torch.equal(after[k], before[k]) for k in after)  # it did move
     group.shutdown()
 
 
 def test_two_process_ddp_replicas_match_a_full_batch_step(tmp_path):
-    runtime = RuntimeSection(num_cpus=2, num_learners=2, cpus_per_learner=0.5)  # + 2 x 0.5 for receivers
+    runtime = RuntimeSection(num_cpus=2, num_learners=2, cpus_per_learner=0.5, num_rollout_workers=2,
+                             cpus_per_worker=0.25)  # 2 x 0.5 + 3 x 0.25 CPU in one placement group
     with ray_session(runtime):
-        group = LearnerGroup(build, runtime, settings=LearnerSettings.from_runtime(runtime))
+        placement = Placement.reserve(runtime)
+        group = LearnerGroup(build, runtime, settings=LearnerSettings.from_runtime(runtime), placement=placement)
         try:
             x, y = data()
             shards = [[b] for b in micro(x, y, 2)]  # replica r sees only its half of the batch
@@ -89,7 +97,7 @@ def test_two_process_ddp_replicas_match_a_full_batch_step(tmp_path):
             message = group.weights(version=7)
             assert message.version == 7 and not message.adapter_only
             assert_close(message.tensors, first)
-            receivers = make_pool(Receiver, 2, runtime=runtime)
+            receivers = make_pool(Receiver, 2, runtime=runtime, placement=placement)
             assert WeightSync(receivers).push(message) == [7, 7]
             assert WeightSync(receivers).push(group.weights(version=3)) == [7, 7]  # stale version: ignored
             for held in receivers.broadcast("weights"):
@@ -101,6 +109,7 @@ def test_two_process_ddp_replicas_match_a_full_batch_step(tmp_path):
             assert_close(group.replica_weights()[1], first)
         finally:
             group.shutdown()
+            placement.close()
 
 
 def test_split_deals_contiguous_shards():

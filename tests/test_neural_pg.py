@@ -120,3 +120,11 @@ def test_learned_linear_policy_approaches_the_care_gain_and_coarse_trapezoid_bia
     assert 2.5 < errors["h=0.25"] / errors["h=0.125"] < 6.0  # the trapezoid bias falls as h^2
     P = scipy.linalg.solve_continuous_are(system.A, system.B, system.Q, system.R)  # independent of the env's CARE
     np.testing.assert_allclose(K_star, np.linalg.solve(system.R, system.B.T @ P))
+
+
+def test_two_workers_give_the_one_worker_numbers():
+    spec = NeuralRolloutSpec(system="linear", params=LINEAR2, interval=0.5, intervals=4, nodes=3)
+    outs = [train_neural_policy(spec, NeuralPGSettings(hidden=(8,), steps=2, num_workers=w), STARTS2,
+                                gain0=np.array([[3.0, 3.0]]), seed=3) for w in (1, 2)]
+    for a, b in zip(outs[0].policy.parameters(), outs[1].policy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)  # only the summation order differs

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per clip")
     parser.add_argument("--flow", default="dis", help="flow backend name (rewards.flow)")
     parser.add_argument("--features", default="appearance", help="feature backend of the mass reward")
-    parser.add_argument("--reduction", default="variance", choices=REDUCTIONS, help="temporal statistic")
+    parser.add_argument("--reduction", default=KinematicConfig().reduction, choices=REDUCTIONS,
+                        help="temporal statistic of the kinematic residual")
     parser.add_argument("--split", default="train", help="scene split to sample")
     parser.add_argument("--accel-change", type=float, default=1.0, help="acceleration change, multiples of g")
     parser.add_argument("--jitter", type=float, default=0.02, help="jitter std, fraction of the frame size")

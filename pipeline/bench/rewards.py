@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="64,128", help="comma-separated frame sizes (H = W), px")
     parser.add_argument("--frames", default="16,32", help="comma-separated frame counts")
     parser.add_argument("--clips", type=int, default=4, help="clips per timed batch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     parser.add_argument("--sample-seconds", type=float, default=0.2, help="assumed sampling time per clip, s")
     parser.add_argument("--seed", type=int, default=0)
 

@@ -97,9 +97,10 @@ def train_neural_policy(spec: NeuralRolloutSpec, settings: NeuralPGSettings, sta
     kwargs = {"hidden": settings.hidden, "time_dependent": settings.time_dependent, "horizon": spec.horizon,
               "gain": gain0}
     shards = [s for s in np.array_split(np.asarray(starts, dtype=float), settings.num_workers) if len(s)]
-    pool = make_pool(NeuralRolloutWorker, len(shards), spec, kwargs, runtime=runtime)
     system = make_system(spec.system, spec.params)
+    # the learner's policy first: in-process workers build policies too and would consume the seeded RNG
     learner = NeuralPGLearner(ControlPolicy(system.state_dim, system.input_dim, **kwargs), settings)
+    pool = make_pool(NeuralRolloutWorker, len(shards), spec, kwargs, runtime=runtime)
     counts: dict[str, float] = {"rollouts": 0}
 
     def evaluate(params: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
