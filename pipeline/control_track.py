@@ -8,9 +8,12 @@ or in-process objects (:mod:`pipeline.runtime`); the numbers are the same either
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,7 @@ from pipeline.checkpoint import Checkpoint, rng_state, save_checkpoint, set_rng_
 from pipeline.config import CheckpointSection, ControlSection, RuntimeSection
 from pipeline.learners.intrl import IntRLLearner, IterationState
 from pipeline.rundir import RunDir, read_metrics
-from pipeline.runtime import Placement, make_pool
+from pipeline.runtime import LocalPool, Placement, RayPool, make_pool
 from rewards.policy_eval import ExcitationLost, PolicyEvaluator
 from rollouts.control import ControlRolloutWorker
 
@@ -81,6 +84,31 @@ def _restore(ckpt: Checkpoint, learner: IntRLLearner, run: RunDir | None, prefix
     return np.asarray(st["starts"]), history
 
 
+def save_control(folder: Path | None, learner: IntRLLearner, starts: np.ndarray, stop_reason: str | None,
+                 checkpoint: CheckpointSection) -> None:
+    """Checkpoint the control run into ``folder`` (nothing when None)."""
+    if folder is not None:
+        save_checkpoint(folder, learner.state.iteration, checkpoint_state(learner, starts, stop_reason),
+                        keep_last=checkpoint.keep_last)
+
+
+@contextlib.contextmanager
+def control_pools(control: ControlSection, runtime: RuntimeSection) -> Iterator[tuple[LocalPool | RayPool, ...]]:
+    """Rollout and reward pools in one placement group (Ray) or in-process; closed on exit."""
+    placement = Placement.reserve(runtime)  # None in-process
+    rollouts = make_pool(ControlRolloutWorker, runtime.num_rollout_workers, control, runtime=runtime,
+                         kind="rollout", placement=placement)
+    rewards = make_pool(PolicyEvaluator, runtime.num_reward_workers, control, runtime=runtime, kind="reward",
+                        placement=placement)
+    try:
+        yield rollouts, rewards
+    finally:
+        rollouts.close()
+        rewards.close()
+        if placement is not None:
+            placement.close()
+
+
 def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int = 0, run: RunDir | None = None,
                 progress: bool = True, checkpoint: CheckpointSection | None = None,
                 resume: Checkpoint | None = None) -> ControlResult:
@@ -111,16 +139,11 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
         starts, result.history = _restore(resume, learner, run, prefix)
         done = resume.state["stop_reason"] or ("converged" if learner.state.converged else None)
     save_dir = run.path / "checkpoints" / "control" if run is not None and checkpoint is not None else None
-    placement = Placement.reserve(runtime)  # None in-process
-    rollouts = make_pool(ControlRolloutWorker, runtime.num_rollout_workers, control, runtime=runtime,
-                         kind="rollout", placement=placement)
-    rewards = make_pool(PolicyEvaluator, runtime.num_reward_workers, control, runtime=runtime, kind="reward",
-                        placement=placement)
     stop_reason = done or "max_iterations"
     todo = range(learner.state.iteration, control.iteration.max_iterations) if done is None else range(0)
     bar = tqdm(todo, desc=f"IntRL {system.name}", disable=not progress, leave=False)
     t_begin = time.perf_counter()
-    try:
+    with control_pools(control, runtime) as (rollouts, rewards):
         for _ in bar:
             policy = learner.policy()
             t0 = time.perf_counter()
@@ -143,20 +166,12 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
             if control.rollout.protocol == "continuing":
                 starts = np.concatenate([batch.end_states for batch in batches])
             if save_dir is not None and checkpoint.every and learner.state.iteration % checkpoint.every == 0:
-                save_checkpoint(save_dir, learner.state.iteration, checkpoint_state(learner, starts, None),
-                                keep_last=checkpoint.keep_last)
+                save_control(save_dir, learner, starts, None, checkpoint)
             if learner.state.converged:
                 stop_reason = "converged"
                 break
-    finally:
-        rollouts.close()
-        rewards.close()
-        if placement is not None:
-            placement.close()
-    if save_dir is not None:  # final checkpoint; converged / excitation_lost are terminal, the iteration cap is not
-        terminal = stop_reason if stop_reason != "max_iterations" else None
-        save_checkpoint(save_dir, learner.state.iteration, checkpoint_state(learner, starts, terminal),
-                        keep_last=checkpoint.keep_last)
+    # final checkpoint; converged / excitation_lost are terminal, the iteration cap is not
+    save_control(save_dir, learner, starts, stop_reason if stop_reason != "max_iterations" else None, checkpoint)
     result.weights = learner.state.weights
     result.summary = {
         "system": system.name,

@@ -276,47 +276,76 @@ class RayPool:
         self.workers = []
 
 
+@dataclass
+class _Step:
+    """A started step: its rollout-call arguments, the weight version when started, its handles or results."""
+
+    step: int
+    calls: list
+    version: int | None
+    handles: list
+    done: list | None = None
+
+
 class BatchStream:
     """Sample -> score pipelined ahead of the learner: step k+1.. run while the learner works on step k.
 
     ``calls(step)`` gives the rollout-call arguments of one step; every rollout result goes straight to the
     reward pool's ``score``. Up to ``max_staleness + 1`` steps are in flight, so the batch of step k may come from a
     policy ``max_staleness`` versions older than the learner's (0 = synchronous: a step starts when it is asked
-    for, after the previous weight push). A step lost to a dead actor is re-done synchronously (with restarts).
-    In-process pools compute a step when it is started, so the policy versions and numbers match Ray's.
+    for, after the previous weight push). When a step loses a dead actor, it and every step in flight after it are
+    re-done synchronously once the actor is back; with ``sync`` (the rollouts' :class:`pipeline.weights.WeightSync`)
+    each with the weights it was started with, so the numbers are those of a run without the failure (given
+    per-step seeds in ``calls``). In-process pools compute a step when it is started, so versions match Ray's.
     """
 
     def __init__(self, rollouts: LocalPool | RayPool, rewards: LocalPool | RayPool, calls: Callable[[int], list],
-                 *, max_staleness: int = 0, sample: str = "rollout", score: str = "score") -> None:
-        self.rollouts, self.rewards, self.calls = rollouts, rewards, calls
+                 *, max_staleness: int = 0, sample: str = "rollout", score: str = "score", sync: Any = None) -> None:
+        self.rollouts, self.rewards, self.calls, self.sync = rollouts, rewards, calls, sync
         self.max_staleness, self.sample, self.score = max_staleness, sample, score
-        self.inflight: deque[tuple[int, list, list]] = deque()
+        self.inflight: deque[_Step] = deque()
         self.started = 0
 
     def _start(self) -> None:
         calls = self.calls(self.started)
         sampled = self.rollouts.submit(self.sample, calls)
-        self.inflight.append((self.started, calls, self.rewards.submit(self.score, [(b,) for b in sampled])))
+        version = self.sync.version if self.sync is not None else None
+        self.inflight.append(_Step(self.started, calls, version, self.rewards.submit(self.score,
+                                                                                     [(b,) for b in sampled])))
         self.started += 1
 
     def get(self, step: int, *, last: int | None = None) -> list[Any]:
         """Scored results of ``step`` (in call order); starts steps up to ``step + max_staleness`` (< ``last``)."""
         while self.started <= step:
             self._start()
-        started_step, calls, handles = self.inflight.popleft()
-        assert started_step == step, f"steps must be asked for in order ({started_step} != {step})"
+        current = self.inflight.popleft()
+        assert current.step == step, f"steps must be asked for in order ({current.step} != {step})"
         while self.started <= step + self.max_staleness and (last is None or self.started < last):
             self._start()
+        if current.done is not None:
+            return current.done
         try:
-            return self.rewards.resolve(handles)
+            return self.rewards.resolve(current.handles)
         except Exception as exc:  # noqa: BLE001 - only actor deaths are retried, anything else re-raised
             if not _actor_died(exc):
                 raise
-            log.warning("step %d lost a worker (%s); re-doing it synchronously", step, type(exc).__name__)
-            for pool in (self.rollouts, self.rewards):
-                pool.wait_alive()
-                pool.notify_restart(None)
-            return self.rewards.map(self.score, [(b,) for b in self.rollouts.map(self.sample, calls)])
+            log.warning("step %d lost a worker (%s); re-doing it and the %d step(s) started after it",
+                        step, type(exc).__name__, len(self.inflight))
+            self._redo([current, *self.inflight])
+            return current.done
+
+    def _redo(self, steps: list[_Step]) -> None:
+        """Re-do ``steps`` synchronously (a restarted actor may have run later ones without their weights)."""
+        for pool in (self.rollouts, self.rewards):
+            pool.wait_alive()
+        if self.sync is None:
+            self.rollouts.notify_restart(None)
+        for item in steps:
+            if self.sync is not None:
+                self.sync.pin(item.version)  # every worker at the version the step was started with
+            item.done = self.rewards.map(self.score, [(b,) for b in self.rollouts.map(self.sample, item.calls)])
+        if self.sync is not None:
+            self.sync.pin(self.sync.version)
 
 
 def _actor_died(exc: Exception) -> bool:

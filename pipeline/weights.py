@@ -8,6 +8,7 @@ A rollout role only needs a method (default ``set_weights``) that calls :func:`a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -28,6 +29,7 @@ class WeightsMessage:
     version: int
     tensors: dict[str, torch.Tensor]
     adapter_only: bool = False
+    force: bool = False  # apply even when the worker holds a newer version (re-doing a step with its old weights)
 
     @property
     def num_bytes(self) -> int:
@@ -37,7 +39,7 @@ class WeightsMessage:
         """Travel as numpy arrays: Ray reads those from its object store without a copy (torch tensors it
         would unpickle into fresh memory on every worker). bf16 / fp8 go as same-width integers."""
         arrays = {k: (_as_numpy(t), str(t.dtype).removeprefix("torch.")) for k, t in self.tensors.items()}
-        return (_rebuild, (self.version, arrays, self.adapter_only))
+        return (_rebuild, (self.version, arrays, self.adapter_only, self.force))
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -47,11 +49,12 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
         return t.view({1: torch.uint8, 2: torch.int16}[t.element_size()]).numpy()
 
 
-def _rebuild(version: int, arrays: dict[str, tuple[np.ndarray, str]], adapter_only: bool) -> WeightsMessage:
+def _rebuild(version: int, arrays: dict[str, tuple[np.ndarray, str]], adapter_only: bool,
+             force: bool) -> WeightsMessage:
     with warnings.catch_warnings():  # read-only object-store memory: loading copies it into the model anyway
         warnings.simplefilter("ignore", UserWarning)
         tensors = {k: torch.from_numpy(a).view(getattr(torch, dtype)) for k, (a, dtype) in arrays.items()}
-    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only)
+    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only, force=force)
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -79,8 +82,9 @@ def weights_message(model: nn.Module, version: int, *, adapter_only: bool | None
 
 
 def apply_message(model: nn.Module, message: WeightsMessage, current_version: int) -> int:
-    """Load ``message`` into ``model`` unless it is not newer than ``current_version``; returns the new version."""
-    if message.version <= current_version:
+    """Load ``message`` into ``model`` unless it is not newer than ``current_version`` (and not ``force``d);
+    returns the version the model now holds."""
+    if message.version <= current_version and not message.force:
         return current_version
     if message.adapter_only:
         from peft import set_peft_model_state_dict
@@ -97,12 +101,16 @@ def apply_message(model: nn.Module, message: WeightsMessage, current_version: in
 class WeightSync:
     """Pushes versioned weights to every worker of a pool (``runtime`` LocalPool or RayPool) through ``method``."""
 
-    def __init__(self, pool, *, method: str = "set_weights") -> None:  # noqa: ANN001 - LocalPool | RayPool
+    def __init__(self, pool, *, method: str = "set_weights", keep: int = 3,  # noqa: ANN001 - a runtime pool
+                 initial: WeightsMessage | None = None) -> None:
         self.pool = pool
         self.method = method
         self.version = 0
         self.last_seconds = 0.0
         self.last: WeightsMessage | None = None
+        # the newest ``keep`` versions (and ``initial``: the workers' starting weights), for re-doing lost steps
+        self.history: dict[int, WeightsMessage] = {} if initial is None else {initial.version: initial}
+        self.keep = keep
         pool.restart_hooks.append(self.resend)
 
     def push(self, message: WeightsMessage, *, wait: bool = True) -> list[Any]:
@@ -111,6 +119,9 @@ class WeightSync:
         t0 = time.perf_counter()
         versions = self.pool.broadcast(self.method, message, wait=wait)
         self.version, self.last = message.version, message
+        self.history[message.version] = message
+        for old in sorted(self.history)[:-self.keep]:
+            del self.history[old]
         self.last_seconds = time.perf_counter() - t0
         log.debug("weights v%d (%.1f MB%s) synced in %.3f s", message.version, message.num_bytes / 1e6,
                   ", adapters" if message.adapter_only else "", self.last_seconds)
@@ -126,3 +137,15 @@ class WeightSync:
             self.pool.broadcast(self.method, self.last)
         else:
             self.pool.call_on(worker, self.method, self.last)
+
+    def pin(self, version: int | None) -> None:
+        """Put every worker at ``version``, even if they hold a newer one (to re-do a lost step exactly).
+
+        Version 0 is the workers' starting weights: known only when given as ``initial``; else nothing is sent.
+        """
+        message = self.history.get(version or 0)
+        if message is None:
+            if version:
+                raise KeyError(f"weights v{version} are no longer kept (keep={self.keep}); raise WeightSync.keep")
+            return
+        self.pool.broadcast(self.method, dataclasses.replace(message, force=True))

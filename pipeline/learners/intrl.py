@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.control import ControlSystem, policy_input
+from envs.control.analysis import stability_abscissa
 from pipeline.config import ControlSection
 from pipeline.errors import InputError
 from rewards.policy_eval import EvaluationResult
@@ -54,21 +55,15 @@ class IntRLLearner:
 
     def check_admissible(self) -> None:
         """Refuse an initial policy whose closed loop is unstable at the origin (eigenvalues of its Jacobian)."""
-        n = self.system.state_dim
-        policy = self.policy()
-        if np.linalg.norm(self.system.f(np.zeros(n))) > 1e-12:
+        if np.linalg.norm(self.system.f(np.zeros(self.system.state_dim))) > 1e-12:
             return  # origin is not an equilibrium of this system: only the run-time blow-up check applies
-        h = 1e-6
-
-        def closed(x: np.ndarray) -> np.ndarray:
-            return self.system.dynamics(x, policy(self.system, x))
-
-        J = np.stack([(closed(h * e) - closed(-h * e)) / (2 * h) for e in np.eye(n)], axis=1)
-        worst = float(np.linalg.eigvals(J).real.max())
+        policy = self.policy()
+        worst = stability_abscissa(self.system, lambda x: policy(self.system, x))
         if worst >= 0:
             raise InputError(f"the initial policy is not admissible on {self.system.name}: its closed loop has an "
                              f"eigenvalue with real part {worst:.3g} >= 0 at the origin; give a stabilising "
-                             "control.iteration.initial_weights or initial_gain")
+                             "control.iteration.initial_weights or initial_gain, or use "
+                             "control.iteration.initializer: homotopy")
 
     def update(self, result: EvaluationResult) -> dict[str, float]:
         """Accept the evaluated weights (policy improvement is implicit in :meth:`policy`); return metrics."""
