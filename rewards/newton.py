@@ -20,9 +20,11 @@ on rendered NewtonBench scenes (``newtonrl bench newton-truth``):
    amplification of high-frequency flow noise. ``variance``: S = mean_t |a_t - mean(a)|^2 of the accelerations
    a_t = v_{t+1} - v_t (= half the mean of |a_i - a_j|^2, the second differences summed over every lag).
    ``second_difference``: S = mean_t |(D2 v)_t|^2, the paper's literal lag-1 form. All three vanish iff the
-   acceleration is constant. Measured at 64 px, 16 frames, DIS: a change of the acceleration by g mid-clip is
-   ranked correctly in 0.57-0.67 / 0.83-0.90 / 0.93-0.98 of ballistic scene pairs by second_difference /
-   variance / projection: flow noise enters every lag-1 term, while the change shows in only two of them.
+   acceleration is constant. Measured at 64 px, 16 frames, DIS (newton-truth, 100-200 pairs per primitive): a
+   change of the acceleration by g mid-clip is ranked below its physical twin in 0.62-0.88 / 0.82-0.995 /
+   0.955-1.0 of the pairs (range over the five primitives) by second_difference / variance / projection: flow
+   noise enters every lag-1 term, while the change shows in only two of them. Jitter and teleport twins and
+   frozen clips are ranked correctly in >= 0.99 of the pairs by all three.
 3. Normalisation: R = (S + cap * s0^2) / (E + s0^2) with E = mean_t e_t (px^2/frame^2) and s0 = ``min_speed``.
    For speeds well above s0 this is S / E: scale-free (the same motion at twice the resolution scores the same).
    A motionless clip (E, S -> 0) tends to R = ``cap``, the worst score, instead of a trivial 0.

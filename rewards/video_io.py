@@ -1,4 +1,7 @@
-"""Validation of clips handed to the rewards and metrics (numpy uint8 clips and torch video batches)."""
+"""Validation of clips handed to the rewards and metrics (numpy uint8 clips and torch video batches).
+
+Frames must be at least ``MIN_SIDE`` pixels on each side (OpenCV's DIS flow fails below 12 px).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ import torch
 
 from pipeline.errors import InputError
 
+MIN_SIDE = 16
+
 
 def check_clip(video: object, *, name: str = "video", min_frames: int = 3) -> np.ndarray:
-    """Return ``video`` if it is a (T, H, W, 3) uint8 array with T >= ``min_frames`` and H, W >= 8.
+    """Return ``video`` if it is a (T, H, W, 3) uint8 array with T >= ``min_frames`` and H, W >= ``MIN_SIDE``.
 
     Raises InputError naming ``name`` and the defect otherwise (never lets OpenCV/torch crash on it).
     """
@@ -22,8 +27,8 @@ def check_clip(video: object, *, name: str = "video", min_frames: int = 3) -> np
     frames, height, width = video.shape[:3]
     if frames < min_frames:
         raise InputError(f"{name}: needs at least {min_frames} frames, got {frames}")
-    if height < 8 or width < 8:
-        raise InputError(f"{name}: frames must be at least 8x8 pixels, got {height}x{width}")
+    if min(height, width) < MIN_SIDE:
+        raise InputError(f"{name}: frames must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {height}x{width}")
     return video
 
 
@@ -35,8 +40,8 @@ def check_video_batch(x: object, *, name: str = "video", min_frames: int = 3) ->
         raise InputError(f"{name}: expected shape (B, T, 3, H, W), got {tuple(x.shape)}")
     if x.shape[1] < min_frames:
         raise InputError(f"{name}: needs at least {min_frames} frames, got {x.shape[1]}")
-    if x.shape[3] < 8 or x.shape[4] < 8:
-        raise InputError(f"{name}: frames must be at least 8x8 pixels, got {x.shape[3]}x{x.shape[4]}")
+    if min(x.shape[3], x.shape[4]) < MIN_SIDE:
+        raise InputError(f"{name}: frames must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {x.shape[3]}x{x.shape[4]}")
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name}: contains NaN or infinite values")
     return x

@@ -26,9 +26,11 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test role
 
 def die_once(marker: str) -> None:
     """Kill this process (as a crash would) the first time it is called while ``marker`` exists."""
-    if os.path.exists(marker):
-        os.remove(marker)
-        os._exit(1)
+    try:
+        os.remove(marker)  # atomic: of workers racing for the marker, exactly one dies
+    except FileNotFoundError:
+        return
+    os._exit(1)
 
 
 class DyingRollout(ControlRolloutWorker):

@@ -70,7 +70,7 @@ def test_registry_rejects_duplicates_and_unknown_names() -> None:
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4, 32, 32, 2), np.uint8), np.zeros((4, 32, 32, 3), np.float32),
-                                 np.zeros((1, 32, 32, 3), np.uint8), "video"])
+                                 np.zeros((1, 32, 32, 3), np.uint8), np.zeros((4, 8, 8, 3), np.uint8), "video"])
 def test_bad_clips_raise_input_error(bad: object) -> None:
     with pytest.raises(InputError):
         make_flow("dis").flow(bad)
