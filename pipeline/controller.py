@@ -63,6 +63,8 @@ def train(config: Config, *, out_dir: str | None = None, progress: bool = True,
         with ray_session(config.runtime):
             if config.control is not None:
                 ckpt = latest_checkpoint(run, "control") if resume is not None else None
+                if ckpt is not None:
+                    run.purge_step = ckpt.step + 1
                 result = run_control(config.control, config.runtime, seed=config.run.seed, run=run, progress=progress,
                                      checkpoint=config.checkpoint, resume=ckpt)
                 summary["control"] = result.summary

@@ -27,6 +27,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "plots").mkdir(exist_ok=True)
         self._writer = None
+        #: on resume: TensorBoard events at or after this step (written before a crash) are purged
+        self.purge_step: int | None = None
 
     @classmethod
     def create(cls, config: Config, out_dir: str | None = None) -> RunDir:
@@ -47,7 +49,7 @@ class RunDir:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path / "tensorboard"))
+            self._writer = SummaryWriter(log_dir=str(self.path / "tensorboard"), purge_step=self.purge_step)
         return self._writer
 
     def log(self, step: int, metrics: dict[str, Any], *, prefix: str = "") -> None:
