@@ -87,25 +87,28 @@ class DataSection(Strict):
     split: str = "train"  # scenes the policy is post-trained on
     resolution: int = Field(32, ge=8)  # square frame size, px (must match the model)
     num_frames: int = Field(16, ge=6)  # total frames per clip = context frames + generated frames
-    conditions_per_iteration: int = Field(4, ge=1)  # scenes per iteration
-    group_size: int = Field(4, ge=1)  # clips per scene (GRPO group); >= 2 for grpo/ddpo
+    conditions_per_iteration: int = Field(8, ge=1)  # scenes per iteration
+    group_size: int = Field(2, ge=1)  # clips per scene (GRPO group); >= 2 for grpo/ddpo
 
 
 class RewardSection(Strict):
     flow: str = "dis"  # flow backend of the kinematic reward for scoring (reward_grad always uses 'lk')
     features: str = "appearance"  # feature backend of the mass reward
-    weights: dict[str, float] = Field(default_factory=lambda: {"kinematic": 1.0, "mass": 1.0})  # reward -> weight
+    weights: dict[str, float] = Field(default_factory=lambda: {"kinematic": 1.0})  # reward -> weight (kinematic,
+    # mass); measured on the embedded default: the appearance-feature mass reward is gamed by reward gradients
+    # (objects stop moving), so the default uses the kinematic reward alone
     advantage_mode: Literal["weighted_sum", "per_reward"] = "per_reward"  # see pipeline.learners.advantages
     advantage_clip: float = Field(5.0, gt=0)  # |A| bound
 
 
 class LearnerSection(Strict):
-    algorithm: Literal["grpo", "ddpo", "reward_grad"] = "grpo"
-    lr: float = Field(1e-4, gt=0)  # AdamW learning rate
+    algorithm: Literal["grpo", "ddpo", "reward_grad"] = "reward_grad"  # reward_grad: the only one that improved
+    # the tiny default within minutes (policy gradients on 36,864-dim actions need far more samples)
+    lr: float = Field(2e-5, gt=0)  # AdamW learning rate
     clip_range: float = Field(1e-3, gt=0)  # PPO ratio clip (grpo/ddpo)
     kl_beta: float = Field(0.0, ge=0)  # KL-to-reference weight (grpo/ddpo)
     timestep_fraction: float = Field(1.0, gt=0, le=1)  # share of window steps trained per minibatch
-    minibatch: int = Field(8, ge=1)  # clips per forward/backward pass
+    minibatch: int = Field(16, ge=1)  # clips per forward/backward pass
     grad_accum: int = Field(1, ge=1)  # minibatches per optimizer step
     epochs: int = Field(1, ge=1)  # passes over each batch
     objective: Literal["clipped", "weighted_fm"] = "clipped"  # grpo/ddpo: PPO surrogate on stored transitions, or
@@ -116,7 +119,7 @@ class LearnerSection(Strict):
 
 class EvalSection(Strict):
     splits: list[str] = Field(default_factory=lambda: ["test"])  # held-out splits evaluated after training
-    clips: int = Field(24, ge=1)  # clips per split
+    clips: int = Field(48, ge=1)  # clips per split
     num_steps: int = Field(20, ge=2)  # Euler ODE steps for evaluation samples
     seed: int = 1234  # scenes and initial noise (same for base and post-trained)
 
@@ -128,7 +131,8 @@ class VideoSection(Strict):
     reward: RewardSection = RewardSection()
     learner: LearnerSection = LearnerSection()
     eval: EvalSection = EvalSection()
-    iterations: int = Field(40, ge=1)  # post-training iterations (upper bound)
+    iterations: int = Field(40, ge=1)  # post-training iterations (upper bound); reward_grad on the tiny default:
+    # the metrics peak near 40 iterations at lr 2e-5, later the differentiable flow reward starts being gamed
     time_budget_s: float = Field(420.0, gt=0)  # stop post-training after this many seconds
     threads: int = Field(2, ge=1)  # torch CPU threads of the in-process roles
 
@@ -231,13 +235,22 @@ class NewtonScorer:
 
 
 def newton_reward_fn(section: RewardSection):
-    """Differentiable named rewards for :class:`RewardGradLearner`: LK flow + the configured features."""
-    flow, features, kin_cfg = make_flow("lk"), make_features(section.features), NewtonRewardConfig().kinematic
+    """Differentiable named rewards for :class:`RewardGradLearner` (only those with a weight are computed):
+    'kinematic' through the Lucas-Kanade flow, 'mass' through the configured feature backend."""
+    unknown = sorted(set(section.weights) - {"kinematic", "mass"})
+    if unknown:
+        raise ConfigError(f"config key 'video.reward.weights': unknown rewards {unknown}; expected kinematic, mass")
+    kin_cfg = NewtonRewardConfig().kinematic
+    flow = make_flow("lk") if "kinematic" in section.weights else None
+    features = make_features(section.features) if "mass" in section.weights else None
 
     def reward_fn(video: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
-        residual = kinematic_residual_torch(video, flow=flow, config=kin_cfg)
-        return {"kinematic": kinematic_reward(residual, kin_cfg),
-                "mass": -mass_distance_torch(video, reference, features=features)}
+        out = {}
+        if flow is not None:
+            out["kinematic"] = kinematic_reward(kinematic_residual_torch(video, flow=flow, config=kin_cfg), kin_cfg)
+        if features is not None:
+            out["mass"] = -mass_distance_torch(video, reference, features=features)
+        return out
     return reward_fn
 
 

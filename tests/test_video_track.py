@@ -14,9 +14,11 @@ from pipeline.config import dump_config, parse_config
 from pipeline.errors import ConfigError
 from pipeline.video_track import (
     MEAN_FIVE,
+    RewardSection,
     build_roles,
     evaluate_run,
     load_policy,
+    newton_reward_fn,
     parse_video_section,
     post_train,
     relative_improvement,
@@ -48,11 +50,13 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="video.data.group_size"):
         parse_video_section({"data": {"group_size": 0}})
     with pytest.raises(ConfigError, match="group_size = 1"):
-        parse_video_section({"data": {"group_size": 1}})
+        parse_video_section({"data": {"group_size": 1}, "learner": {"algorithm": "grpo"}})
     with pytest.raises(ConfigError, match="ddpo needs 'ddim'"):
         parse_video_section({"learner": {"algorithm": "ddpo"}})
     with pytest.raises(ConfigError, match="video.bogus"):
         parse_video_section({"bogus": 1})
+    with pytest.raises(ConfigError, match="unknown rewards \\['speed'\\]"):
+        newton_reward_fn(RewardSection(weights={"speed": 1.0}))
 
 
 class _Recorder:
@@ -84,10 +88,11 @@ class _Recorder:
 
 
 def test_loop_runs_phases_in_order_with_versions():
-    cfg = parse_video_section({"data": {"conditions_per_iteration": 2, "group_size": 2}, "iterations": 2})
+    cfg = parse_video_section({"data": {"conditions_per_iteration": 2, "group_size": 2}, "iterations": 2,
+                               "learner": {"algorithm": "grpo"}, "reward": {"weights": {"kinematic": 1.0}}})
     roles = _Recorder()
     history = post_train(cfg, rollout=roles, scorer=roles, learner=roles, rng=np.random.default_rng(0))
-    # rewards 0,1 | 2,3 per group -> per-reward advantages -1, 1 (mass is constant: 0)
+    # kinematic rewards 0,1 | 2,3 per group -> advantages -1, 1
     adv = pytest.approx(4.0, abs=1e-2)
     assert roles.calls == [("sample", 0), ("score", 4), ("update", adv), ("set_weights", 1, 1.0),
                            ("sample", 1), ("score", 4), ("update", adv), ("set_weights", 2, 2.0)]
@@ -105,10 +110,11 @@ def test_relative_improvement_by_hand():
     assert imp[MEAN_FIVE] == pytest.approx((0.5 + 0 + 0.2 - 0.5 + 0.5) / 5)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "reward_grad"])
-def test_real_roles_train_and_sync(tiny_model, algorithm):
+@pytest.mark.parametrize("algorithm,weights", [("grpo", {"kinematic": 1.0, "mass": 1.0}),
+                                               ("reward_grad", {"kinematic": 1.0, "mass": 0.5})])
+def test_real_roles_train_and_sync(tiny_model, algorithm, weights):
     torch.set_num_threads(1)
-    cfg = parse_video_section(_video(tiny_model, learner={"algorithm": algorithm}))
+    cfg = parse_video_section(_video(tiny_model, learner={"algorithm": algorithm}, reward={"weights": weights}))
     rollout, scorer, learner = build_roles(cfg)
     history = post_train(cfg, rollout=rollout, scorer=scorer, learner=learner, rng=np.random.default_rng(0))
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
