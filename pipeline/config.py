@@ -105,7 +105,10 @@ class QuadratureSection(Strict):
 class IterationSection(Strict):
     tol: float = Field(1e-3, gt=0)  # stop when |w_i - w_{i-1}|_2 < tol
     max_iterations: int = Field(120, ge=1)  # policy-iteration cap
-    solver: Literal["pinv", "lstsq"] = "pinv"  # least-squares solver of policy evaluation
+    solver: Literal["pinv", "lstsq", "newton_schulz", "cg", "bcd"] = "pinv"  # least squares of policy evaluation:
+    # pinv/lstsq (numpy SVD; the default, fastest for p <~ 4000 per `newtonrl bench solvers`), newton_schulz
+    # (normal equations, warm-started from the previous iteration's inverse, Cholesky/pinv fallback), cg, bcd (greedy
+    # Gauss-Southwell-Lipschitz block coordinate descent; for large feature dictionaries)
     rcond: float = Field(1e-10, gt=0)  # relative singular-value cut for rank decisions (excitation check)
     initial_weights: list[float] | None = None  # w0 in the value basis (u0 = -1/2 R^-1 g' dphi' w0)
     initial_gain: list[list[float]] | None = None  # K0 (u0 = -K0 x); overrides initial_weights

@@ -25,7 +25,7 @@ from pipeline.config import CheckpointSection, ControlSection, RuntimeSection
 from pipeline.learners.intrl import IntRLLearner, IterationState
 from pipeline.rundir import RunDir, read_metrics
 from pipeline.runtime import LocalPool, Placement, RayPool, make_pool
-from rewards.policy_eval import ExcitationLost, PolicyEvaluator
+from rewards.policy_eval import ExcitationLost, PolicyEvaluator, check_solver
 from rollouts.control import ControlRolloutWorker
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def run_control(control: ControlSection, runtime: RuntimeSection, *, seed: int =
     system = make_system(control.system.name, control.system.params)
     learner = IntRLLearner(system, control, seed=seed)
     learner.check_admissible()
+    check_solver(system, control.iteration.solver)
     starts0 = initial_states(system, control, seed)
     if control.rollout.intervals < len(starts0):
         from pipeline.errors import ConfigError

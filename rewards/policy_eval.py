@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.control import make_system
+from envs.control import ControlSystem, make_system
 from pipeline.config import ControlSection
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from rewards.quadrature import integrate
 from rollouts.control import IntervalBatch
 
@@ -40,6 +40,17 @@ class EvaluationResult:
     num_rows: int
 
 
+NORMAL_EQUATION_SOLVERS = ("newton_schulz", "cg", "bcd")
+
+
+def check_solver(system: ControlSystem, solver: str) -> None:
+    """Normal-equation solvers need linearly independent basis functions (x kron x has duplicated columns)."""
+    if solver in NORMAL_EQUATION_SOLVERS and system.basis_rank < system.num_features:
+        raise ConfigError(f"config key 'control.iteration.solver': {solver} solves the normal equations, which are "
+                          f"singular for {system.name}'s basis ({system.num_features} functions of rank "
+                          f"{system.basis_rank}); use solver pinv/lstsq or a basis of independent functions")
+
+
 class PolicyEvaluator:
     """Reward role of the control track: utilities -> integrals (quadrature) -> Bellman rows -> w (least squares)."""
 
@@ -51,6 +62,7 @@ class PolicyEvaluator:
         self.solver = control.iteration.solver
         self.rcond = control.iteration.rcond
         self.worker_index = worker_index
+        self._warm = None  # Newton-Schulz: the previous iteration's inverse (warm start)
 
     def score(self, batch: IntervalBatch) -> BellmanRows:
         """Integrate the sampled utilities of every interval and build its Bellman row."""
@@ -75,9 +87,25 @@ class PolicyEvaluator:
             raise ExcitationLost(f"policy evaluation lost excitation: condition number {condition:.3g} of the "
                                  f"{Phi.shape[0]}x{Phi.shape[1]} Bellman system exceeds 1/rcond = {1 / self.rcond:.3g} "
                                  "(the trajectory has decayed; use protocol 'restart' or more initial states)")
-        if self.solver == "pinv":
-            w = np.linalg.pinv(Phi) @ targets
-        else:
-            w = np.linalg.lstsq(Phi, targets, rcond=None)[0]
+        w = self._least_squares(Phi, targets)
         residual = float(np.linalg.norm(Phi @ w - targets) / max(np.linalg.norm(targets), 1e-300))
         return EvaluationResult(weights=w, rank=needed, condition=condition, residual=residual, num_rows=Phi.shape[0])
+
+    def _least_squares(self, Phi: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """argmin_w |Phi w - targets| with the configured solver: Phi (M, p), targets (M,) -> (p,)."""
+        if self.solver == "pinv":
+            return np.linalg.pinv(Phi) @ targets
+        if self.solver == "lstsq":
+            return np.linalg.lstsq(Phi, targets, rcond=None)[0]
+        import torch
+
+        from rewards.solvers import NewtonSchulzSolver, QuadraticProblem, block_coordinate_descent, conjugate_gradient
+
+        X, y = torch.from_numpy(Phi), torch.from_numpy(targets)
+        if self.solver == "newton_schulz":
+            w, self._warm = NewtonSchulzSolver().solve(X[None], y[None], warm=self._warm)
+            return w[0].numpy()
+        problem = QuadraticProblem.from_least_squares(X, y)
+        if self.solver == "cg":
+            return conjugate_gradient(problem, tol=1e-13).w.numpy()
+        return block_coordinate_descent(problem, selection="gsl", tol=1e-13, block_size=8).w.numpy()

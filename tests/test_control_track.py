@@ -9,7 +9,7 @@ import scipy.linalg
 from envs.control import make_system
 from pipeline.config import parse_config
 from pipeline.control_track import run_control
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.runtime import ray_session
 from rollouts.control import ControlRolloutWorker, PolicySpec
 
@@ -111,3 +111,19 @@ def test_user_system_by_module_path(tmp_path, monkeypatch):
                          quadrature={"rule": "bq-matern72"}, iteration={"initial_weights": [2.0], "tol": 1e-8})
     out = run_control(cfg.control, cfg.runtime, progress=False).summary
     assert out["converged"] and out["weight_error"] < 1e-6  # scalar CARE: p = a + sqrt(a^2 + q b^2 / r)
+
+
+@pytest.mark.parametrize("solver", ["lstsq", "newton_schulz", "cg", "bcd"])
+def test_policy_evaluation_solvers_agree_with_pinv(solver):
+    def weights(name):
+        cfg = control_config(system={"name": "example2"}, rollout={"nodes": 10, "intervals": 20},
+                             quadrature={"rule": "bq-matern72"}, iteration={"solver": name})
+        return run_control(cfg.control, cfg.runtime, progress=False).weights
+
+    np.testing.assert_allclose(weights(solver), weights("pinv"), atol=1e-9)
+
+
+def test_normal_equation_solver_refuses_a_redundant_basis():
+    cfg = control_config(system={"name": "example1"}, iteration={"solver": "bcd"})
+    with pytest.raises(ConfigError, match="singular for example1's basis"):
+        run_control(cfg.control, cfg.runtime, progress=False)
