@@ -38,7 +38,7 @@ def tiny_model(tmp_path_factory):
 
 def _video(tiny_model, **over):
     base = {"model": {"path": str(tiny_model)}, "data": {"resolution": 16, "num_frames": 8,
-            "conditions_per_iteration": 2, "group_size": 2}, "sampler": {"num_steps": 3},
+            "conditions_per_iteration": 2, "group_size": 2}, "sampler": {"num_steps": 3, "window": [0, 2]},
             "learner": {"minibatch": 4, "lr": 1e-3}, "iterations": 2, "threads": 1,
             "eval": {"clips": 2, "num_steps": 3}}
     for key, value in over.items():
