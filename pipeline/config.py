@@ -147,6 +147,14 @@ class Config(Strict):
     control: ControlSection | None = None  # control track (IntRL); omit to skip
     video: dict[str, Any] | None = None  # video track (NewtonRewards); validated by pipeline.video_track
 
+    @model_validator(mode="after")
+    def _video(self) -> Config:
+        if self.video is not None:  # validated here so that a bad video key fails before the control track runs
+            from pipeline.video_track import parse_video_section
+
+            parse_video_section(self.video)
+        return self
+
 
 def _format_error(err: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in err["loc"])

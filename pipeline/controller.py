@@ -55,6 +55,10 @@ def latest_checkpoint(run: RunDir, track: str):  # noqa: ANN201 - Checkpoint | N
 def train(config: Config, *, out_dir: str | None = None, progress: bool = True,
           resume: str | Path | None = None) -> Path:
     """Run every track of ``config``; returns the run directory (summary.json, report.md, plots, metrics)."""
+    if config.video is not None:
+        from pipeline.video_track import preflight
+
+        preflight(config.video)
     run = open_run(config, out_dir, resume)
     log.info("run directory %s%s", run.path, " (resumed)" if resume is not None else "")
     summary: dict[str, Any] = {}

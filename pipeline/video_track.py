@@ -154,9 +154,16 @@ def parse_video_section(data: dict[str, Any] | None) -> VideoSection:
     try:
         return VideoSection.model_validate(data or {})
     except ValidationError as exc:
-        msgs = [f"config key 'video.{'.'.join(map(str, e['loc']))}': {e['msg'].removeprefix('Value error, ')}"
+        msgs = [f"config key '{'.'.join(['video', *map(str, e['loc'])])}': {e['msg'].removeprefix('Value error, ')}"
                 for e in exc.errors()]
         raise ConfigError("; ".join(msgs)) from None
+
+
+def preflight(data: dict[str, Any]) -> None:
+    """Checks that need the model, run before any work starts: the model path loads as the expected class and the
+    sampler fits its parametrisation (raises ConfigError / InputError)."""
+    cfg = parse_video_section(data)
+    sampler_config(cfg.sampler).check(load_policy(cfg.model))
 
 
 def sampler_config(section: SamplerSection) -> SamplerConfig:

@@ -75,3 +75,21 @@ def test_train_writes_run_directory(tmp_path):
     summary = json.loads((run / "summary.json").read_text())["control"]
     assert summary["converged"] and summary["rule"] == "trapezoid" and summary["N"] == 5
     assert summary["weight_error"] == pytest.approx(1.18e-3, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["video.data.group_size=1"], "group_size = 1"),
+        (["video.model.path=/nonexistent/model"], "model path /nonexistent/model"),
+        (["video.sampler.kind=ddim"], "needs a epsilon model"),
+        (["video.learner.algorithm=ppo"], "video.learner.algorithm"),
+    ],
+)
+def test_bad_video_config_fails_before_any_work(tmp_path, capsys, overrides, expected):
+    args = ["train", write(tmp_path, {**EX1, "video": {}}), "--out-dir", str(tmp_path / "runs"), "--no-progress"]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing ran, no run directory
