@@ -61,6 +61,7 @@ from rollouts.video import (
     float_to_uint8,
     model_fn,
     sampler_levels,
+    shard_by_group,
 )
 
 log = logging.getLogger(__name__)
@@ -266,13 +267,16 @@ def newton_reward_fn(section: RewardSection):
 
 @dataclass
 class PooledRollout:
-    """The rollout interface of :func:`post_train` over a pool (Ray actors or in-process): worker 0 samples,
-    weights go to every worker."""
+    """The rollout interface of :func:`post_train` over a pool (Ray actors or in-process): whole groups are
+    sharded over the workers and the shards stacked back in order; weights go to every worker."""
 
     pool: Any
 
-    def sample(self, conditions: Any, weights_version: int) -> RolloutBatch:
-        return self.pool.call("sample", conditions, weights_version)
+    def sample(self, conditions: ConditionBatch, weights_version: int) -> RolloutBatch:
+        groups = conditions.groups if conditions.groups is not None else np.arange(len(conditions))
+        shards = shard_by_group(groups, len(self.pool.workers))
+        parts = self.pool.map("sample", [(conditions.take(idx), weights_version) for idx in shards])
+        return RolloutBatch.concat(parts)
 
     def set_weights(self, weights: dict[str, torch.Tensor], version: int) -> None:
         self.pool.broadcast("set_weights", weights, version)
@@ -295,8 +299,8 @@ def build_roles(cfg: VideoSection, *, seed: int = 0, runtime: RuntimeSection | N
     if runtime is None:
         rollout = VideoRolloutWorker(load_policy(cfg.model), sampler, seed=seed)
     else:
-        rollout = PooledRollout(make_pool(VideoRolloutWorker, 1, load_policy(cfg.model), sampler, seed=seed,
-                                          runtime=runtime, kind="rollout"))
+        rollout = PooledRollout(make_pool(VideoRolloutWorker, runtime.num_rollout_workers, load_policy(cfg.model),
+                                          sampler, seed=seed, runtime=runtime, kind="rollout"))
     learner_policy = load_policy(cfg.model)
     lc = cfg.learner
     if lc.algorithm == "reward_grad":

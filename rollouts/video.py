@@ -54,6 +54,20 @@ class ConditionBatch:
     def conditions(self) -> Conditions:
         return Conditions(context=uint8_to_float(self.context), labels=torch.from_numpy(self.labels).long())
 
+    def take(self, index: np.ndarray) -> ConditionBatch:
+        """The rows ``index`` (group ids kept)."""
+        return ConditionBatch(self.context[index], self.labels[index], self.reference[index],
+                              [self.specs[i] for i in index] if self.specs else [],
+                              None if self.groups is None else self.groups[index])
+
+    @classmethod
+    def concat(cls, parts: Sequence[ConditionBatch]) -> ConditionBatch:
+        """Rows of ``parts`` stacked in order."""
+        groups = [p.groups for p in parts]
+        return cls(np.concatenate([p.context for p in parts]), np.concatenate([p.labels for p in parts]),
+                   np.concatenate([p.reference for p in parts]), [s for p in parts for s in p.specs],
+                   None if any(g is None for g in groups) else np.concatenate(groups))
+
     def repeat(self, k: int) -> ConditionBatch:
         """Each scene repeated k times consecutively: B -> B * k (GRPO groups)."""
         return ConditionBatch(np.repeat(self.context, k, 0), np.repeat(self.labels, k, 0),
@@ -132,6 +146,25 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    @classmethod
+    def concat(cls, parts: Sequence[RolloutBatch]) -> RolloutBatch:
+        """Batches of the same policy version (e.g. shards from several rollout workers) stacked in order."""
+        if len({p.weights_version for p in parts}) != 1:
+            raise InputError("cannot concatenate rollouts of different policy versions")
+        finals = [p.final for p in parts]
+        return cls(conditions=ConditionBatch.concat([p.conditions for p in parts]),
+                   groups=np.concatenate([p.groups for p in parts]),
+                   videos=np.concatenate([p.videos for p in parts]),
+                   latents=torch.cat([p.latents for p in parts]), log_probs=torch.cat([p.log_probs for p in parts]),
+                   levels=parts[0].levels, weights_version=parts[0].weights_version, sampler=parts[0].sampler,
+                   final=None if any(f is None for f in finals) else torch.cat(finals))
+
+
+def shard_by_group(groups: np.ndarray, num_shards: int) -> list[np.ndarray]:
+    """Row indices split into at most ``num_shards`` contiguous shards of whole groups (rows (B,) -> shards)."""
+    ids = np.unique(groups)
+    return [np.flatnonzero(np.isin(groups, chunk)) for chunk in np.array_split(ids, min(num_shards, len(ids)))]
 
 
 def initial_noise(shape: tuple[int, ...], groups: np.ndarray | None, *, shared: bool,
