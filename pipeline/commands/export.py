@@ -45,12 +45,12 @@ def main(args: argparse.Namespace) -> int:
     track = args.track or next((t for t in ("video", "control") if list_checkpoints(run / "checkpoints" / t)), None)
     if track is None or not list_checkpoints(run / "checkpoints" / track):
         raise InputError(f"{run}: no checkpoint to export (expected {run}/checkpoints/<control|video>/step-*)")
+    if track == "control" and args.format != "safetensors":
+        raise ConfigError(f"--format {args.format}: control runs export as safetensors (value/policy weights)")
     ckpt = load_checkpoint(run / "checkpoints" / track)
     out = Path(args.out or run / "export" / f"{track}-{args.format}")
     out.mkdir(parents=True, exist_ok=True)
     if track == "control":
-        if args.format != "safetensors":
-            raise ConfigError(f"--format {args.format}: control runs export as safetensors (value/policy weights)")
         export_control(ckpt, run, out)
     else:
         export_model(ckpt, args.format, out)
