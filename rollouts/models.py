@@ -147,7 +147,7 @@ class VideoPolicy:
         """Output of the reference model (no grad): LoRA adapters disabled, or the frozen initial copy."""
         with torch.no_grad():
             if self.lora:
-                inner = _inner_model(self.net)
+                _, inner = inner_model(self.net)
                 inner.disable_adapters()
                 try:
                     return self._output(self.net, x, level, cond)
@@ -184,8 +184,12 @@ class VideoPolicy:
         return frames.clamp(-1, 1)
 
 
-def _inner_model(net: nn.Module) -> nn.Module:
-    return getattr(net, "model", getattr(net, "unet", net))
+def inner_model(net: nn.Module) -> tuple[str, nn.Module]:
+    """(attribute name, module) of the diffusers model inside a policy net (``''``, net if it is one itself)."""
+    for name in ("model", "unet"):
+        if isinstance(getattr(net, name, None), nn.Module):
+            return name, getattr(net, name)
+    return "", net
 
 
 def build_tiny_policy(config: TinyVideoConfig | None = None, *, seed: int = 0) -> VideoPolicy:

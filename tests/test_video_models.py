@@ -111,3 +111,58 @@ def test_epsilon_model_rejects_flow_sampler(tmp_path):
     with pytest.raises(ConfigError, match="sampler.kind = 'sde'"):
         VideoRolloutWorker(policy, SamplerConfig(kind="sde"))
     VideoRolloutWorker(policy, SamplerConfig(kind="ddim", num_steps=3))
+
+
+def _export_policy(tmp_path, policy, fmt: str):
+    """Checkpoint ``policy`` the way the video track does and run ``newtonrl export`` on it."""
+    from pipeline.checkpoint import save_checkpoint, training_state
+    from pipeline.cli import main
+    from pipeline.commands.export import video_model_spec
+
+    run = tmp_path / "run"
+    state = training_state(model=policy.net, model_spec=video_model_spec(policy), rng=False)
+    save_checkpoint(run / "checkpoints" / "video", 1, state)
+    out = tmp_path / fmt
+    assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
+    return out
+
+
+def test_tiny_policy_exports_as_a_diffusers_unet_folder(tmp_path):
+    from diffusers import UNet2DModel
+
+    cfg = TinyVideoConfig(frames=2, context_frames=1, height=8, width=8, blocks=(8, 8), norm_groups=4)
+    policy = build_tiny_policy(cfg, seed=3)
+    out = _export_policy(tmp_path, policy, "diffusers")
+    unet = UNet2DModel.from_pretrained(out)
+    x, t, labels = torch.randn(2, 9, 8, 8), torch.tensor([10.0, 900.0]), torch.tensor([0, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, class_labels=labels).sample,
+                                   policy.net.unet(x, t, class_labels=labels).sample)
+    meta = json.loads((out / "newtonrl_video.json").read_text())
+    assert meta["config"]["frames"] == 2 and meta["predicts_sample"] and meta["residual"]
+
+
+def test_transformer_lora_policy_exports_adapters_and_merged_model(tmp_path):
+    import diffusers
+
+    path = _save_model(tmp_path / "m", "WanTransformer3DModel")
+    policy = load_transformer_policy(path, lora_rank=2)
+    with torch.no_grad():  # non-trivial adapters (B starts at zero)
+        for name, p in policy.net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    cond = _conditions().conditions()
+    x, level = torch.randn(4, 2, 3, 8, 8), torch.full((4,), 0.5)
+    with torch.no_grad():
+        want = policy(x, level, cond)
+
+    merged = diffusers.WanTransformer3DModel.from_pretrained(_export_policy(tmp_path, policy, "diffusers"))
+    with torch.no_grad():
+        got = type(policy)(net=type(policy.net)(merged, "wan"))(x, level, cond)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+    base = diffusers.WanTransformer3DModel.from_pretrained(path / "transformer")
+    base.load_lora_adapter(str(_export_policy(tmp_path, policy, "lora")), prefix=None, use_safetensors=True)
+    with torch.no_grad():
+        got = type(policy)(net=type(policy.net)(base, "wan"))(x, level, cond)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

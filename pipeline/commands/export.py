@@ -3,8 +3,11 @@
 Control runs (``checkpoints/control``): ``--format safetensors`` writes ``policy.safetensors`` (value weights w and,
 for linear systems, the gain K of u = -Kx) and ``system.json`` (system name, parameters, dimensions, the resolved
 control config). Video runs (``checkpoints/video``) hold the policy network's ``model`` state dict and its
-``model_spec`` (:func:`model_spec`): ``diffusers`` writes a ``save_pretrained`` folder (LoRA adapters merged),
-``lora`` the peft adapter folder, ``safetensors`` the raw state dict plus ``model_spec.json``.
+``model_spec`` (:func:`model_spec`, or :func:`video_model_spec` for a :class:`rollouts.models.VideoPolicy` net, whose
+diffusers model sits under a wrapper): ``diffusers`` writes a ``save_pretrained`` folder (LoRA adapters merged),
+``lora`` the adapter folder (peft's ``save_pretrained``, or diffusers' ``save_lora_adapter`` for adapters added with
+``add_adapter``), ``safetensors`` the raw state dict plus ``model_spec.json``. The wrapper's settings (frames,
+context frames, sample space) go to ``newtonrl_video.json`` beside the model.
 """
 
 from __future__ import annotations
@@ -82,20 +85,40 @@ def export_control(ckpt: Checkpoint, run: Path, out: Path) -> None:
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
-    """How to rebuild ``model`` from config: its class and config; for a peft model also the LoRA config.
+    """How to rebuild ``model`` from config: its class and config; with LoRA adapters also their config and
+    ``adapter``: 'peft' (a peft ``PeftModel``) or 'diffusers' (adapters added by diffusers' ``add_adapter``).
 
     Store it in the checkpoint state (``model_spec``) next to ``model`` (the state dict) so runs can be exported.
     """
     spec: dict[str, Any] = {}
-    if hasattr(model, "peft_config"):
+    if getattr(model, "peft_config", None):
         lora = model.peft_config["default"].to_dict()
         lora = {k: sorted(v) if isinstance(v, set) else v for k, v in lora.items()}
         spec["lora"] = {k: v for k, v in lora.items() if _jsonable(v)}
-        model = model.get_base_model()
+        spec["adapter"] = "peft" if hasattr(model, "get_base_model") else "diffusers"
+        model = model.get_base_model() if spec["adapter"] == "peft" else model
     cls = type(model)
     spec.update({"class": f"{cls.__module__}:{cls.__qualname__}", "config": {k: v for k, v in dict(model.config).items()
                                                                               if _jsonable(v)}})
     return spec
+
+
+def video_model_spec(policy: Any) -> dict[str, Any]:
+    """:func:`model_spec` of the diffusers model inside a :class:`rollouts.models.VideoPolicy`'s net, plus the
+    state-dict ``prefix`` of that model in the net and the policy's settings (``video``: parametrisation, sample
+    space, and the tiny model's frame layout) for ``newtonrl_video.json``."""
+    from dataclasses import asdict, is_dataclass
+
+    from rollouts.models import inner_model
+
+    name, inner = inner_model(policy.net)
+    video = {"parametrisation": policy.parametrisation, "residual": policy.residual,
+             "predicts_sample": policy.predicts_sample, "time_scale": policy.time_scale,
+             "kind": policy.meta.get("kind")}
+    config = policy.meta.get("config")
+    if is_dataclass(config):
+        video["config"] = asdict(config)
+    return {**model_spec(inner), "prefix": f"{name}." if name else "", "video": video}
 
 
 def _jsonable(value: Any) -> bool:
@@ -118,7 +141,11 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
         fields = set(LoraConfig.__dataclass_fields__)
-        model = get_peft_model(model, LoraConfig(**{k: v for k, v in spec["lora"].items() if k in fields}))
+        lora = LoraConfig(**{k: v for k, v in spec["lora"].items() if k in fields})
+        if spec.get("adapter") == "diffusers":
+            model.add_adapter(lora)
+        else:
+            model = get_peft_model(model, lora)
     return model
 
 
@@ -129,17 +156,25 @@ def export_model(ckpt: Checkpoint, fmt: str, out: Path) -> None:
         raise InputError(f"checkpoint {ckpt.path} has no model / model_spec; save it with "
                          "training_state(model=net, model_spec=model_spec(net), ...)")
     spec = state["model_spec"]
+    prefix = spec.get("prefix", "")
+    weights = {k.removeprefix(prefix): v.contiguous() for k, v in state["model"].items() if k.startswith(prefix)}
+    if "video" in spec:
+        (out / "newtonrl_video.json").write_text(json.dumps(spec["video"], indent=2))
     if fmt == "safetensors":
-        save_file({k: v.contiguous() for k, v in state["model"].items()}, str(out / "model.safetensors"))
+        save_file(weights, str(out / "model.safetensors"))
         (out / "model_spec.json").write_text(json.dumps(spec, indent=2))
         return
+    if fmt == "lora" and "lora" not in spec:
+        raise ConfigError("--format lora: this run's policy has no LoRA adapters; use diffusers or safetensors")
     model = build_model(spec)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
+    diffusers_adapter = spec.get("adapter") == "diffusers"
     if fmt == "lora":
-        if "lora" not in spec:
-            raise ConfigError("--format lora: this run's policy has no LoRA adapters; use diffusers or safetensors")
-        model.save_pretrained(str(out))
+        (model.save_lora_adapter if diffusers_adapter else model.save_pretrained)(str(out))
         return
-    if "lora" in spec:
+    if "lora" in spec and diffusers_adapter:
+        model.fuse_lora()
+        model.unload_lora()
+    elif "lora" in spec:
         model = model.merge_and_unload()
     model.save_pretrained(str(out))
