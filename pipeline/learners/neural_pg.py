@@ -2,10 +2,10 @@
 
 Estimator: the pathwise (reparameterised, "analytic") policy gradient. System and policy are deterministic and
 differentiable, so the gradient of the quadrature return is exact backpropagation through the fixed-step solver
-(:mod:`rollouts.neural_control`). A Gaussian policy with REINFORCE would add exploration noise that changes the
-cost being optimised and a sampling variance far above the quadrature-induced differences this experiment
-measures; here the only randomness is the fixed batch of initial states, and the objective is deterministic,
-which also lets L-BFGS replace Adam (far fewer rollouts).
+(:mod:`rollouts.neural_control`). The only randomness is the fixed batch of initial states and the objective is
+deterministic, which lets L-BFGS replace Adam (far fewer rollouts). The likelihood-ratio alternative
+(:mod:`pipeline.learners.neural_lr`: Gaussian sample-and-hold exploration, Adam on the learner group) needs no
+differentiable simulator, but optimises the sample-and-hold loop under sampling noise.
 
 Phases per step: rollout workers simulate shards of the initial states and return returns + summed gradients
 -> the learner averages them -> optimiser step -> new parameters to the workers.
