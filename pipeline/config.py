@@ -150,9 +150,9 @@ class Config(Strict):
     @model_validator(mode="after")
     def _video(self) -> Config:
         if self.video is not None:  # validated here so that a bad video key fails before the control track runs
-            from pipeline.video_track import parse_video_section
+            from pipeline.video_config import check_runtime, parse_video_section
 
-            parse_video_section(self.video)
+            check_runtime(parse_video_section(self.video), self.runtime)
         return self
 
 

@@ -74,9 +74,12 @@ def train(config: Config, *, out_dir: str | None = None, progress: bool = True,
                 summary["control"] = result.summary
                 report.append(_control_report(run, result))
             if config.video is not None:
-                from pipeline.video_track import run_video
+                from pipeline.video_track import TRACK, run_video
 
-                video_summary, video_report = run_video(config, run, progress=progress)
+                ckpt = latest_checkpoint(run, TRACK) if resume is not None else None
+                if ckpt is not None and config.control is None:  # the TensorBoard purge applies to every track
+                    run.purge_step = ckpt.step
+                video_summary, video_report = run_video(config, run, progress=progress, resume=ckpt)
                 summary["video"] = video_summary
                 report.append(video_report)
     finally:

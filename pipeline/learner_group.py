@@ -113,9 +113,10 @@ class LearnerWorker:
     def update(self, micro_batches: Sequence[Any]) -> dict[str, float]:
         """Forward/backward every micro-batch; the optimizer steps once per ``grad_accumulation`` of them.
 
-        Gradients are averaged over replicas on the synchronising micro-batch. Returns mean metrics of this rank.
+        Gradients are averaged over replicas on the synchronising micro-batch. Returns the mean of each metric over
+        the micro-batches that report it (``grad_norm``: the optimizer steps), on this rank.
         """
-        acc, totals = self.accelerator, {}
+        acc, totals, counts = self.accelerator, {}, {}
         self.model.train()
         for batch in micro_batches:
             with acc.accumulate(self.model):
@@ -130,8 +131,9 @@ class LearnerWorker:
                     self.scheduler.step()
                 self.optimizer.zero_grad()
             for key, value in {"loss": float(loss.detach()), **metrics}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) / len(micro_batches)
-        return totals
+                totals[key] = totals.get(key, 0.0) + float(value)
+                counts[key] = counts.get(key, 0) + 1
+        return {key: total / counts[key] for key, total in totals.items()}
 
     def unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
@@ -204,10 +206,13 @@ class LearnerGroup:
         return ray.get([getattr(a, method).remote(*c) for a, c in zip(self.actors, calls)])
 
     def update(self, shards: Sequence[Sequence[Any]]) -> dict[str, float]:
-        """One update: ``shards[r]`` are the micro-batches of replica r (same count everywhere, equal sizes for
-        an exact data-parallel mean). Returns the metrics averaged over replicas."""
-        if len(shards) != self.num_replicas or len({len(s) for s in shards}) != 1:
-            raise ValueError(f"expected {self.num_replicas} shards of equal length, got {[len(s) for s in shards]}")
+        """One update: ``shards[r]`` are the micro-batches of replica r (same count everywhere, a multiple of
+        ``grad_accumulation`` so that no partial accumulation leaks into the next update; equal sizes for an exact
+        data-parallel mean). Returns the metrics averaged over replicas."""
+        lengths = {len(s) for s in shards}
+        if len(shards) != self.num_replicas or len(lengths) != 1 or lengths.pop() % self.settings.grad_accumulation:
+            raise ValueError(f"expected {self.num_replicas} shards of equal length, a multiple of grad_accumulation="
+                             f"{self.settings.grad_accumulation}; got {[len(s) for s in shards]}")
         per_rank = self._all("update", [(s,) for s in shards])
         return {k: sum(m[k] for m in per_rank) / len(per_rank) for k in per_rank[0]}
 

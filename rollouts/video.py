@@ -16,6 +16,7 @@ from torch import Tensor
 
 from envs.newton import PRIMITIVES
 from pipeline.errors import ConfigError, InputError
+from pipeline.weights import WeightsMessage, apply_message
 from rollouts import samplers
 from rollouts.models import Conditions, VideoPolicy
 
@@ -149,7 +150,8 @@ class RolloutBatch:
 
     @classmethod
     def concat(cls, parts: Sequence[RolloutBatch]) -> RolloutBatch:
-        """Batches of the same policy version (e.g. shards from several rollout workers) stacked in order."""
+        """Batches of the same policy version (e.g. shards from several rollout workers) stacked in order, with the
+        rewards they all have."""
         if len({p.weights_version for p in parts}) != 1:
             raise InputError("cannot concatenate rollouts of different policy versions")
         finals = [p.final for p in parts]
@@ -158,7 +160,19 @@ class RolloutBatch:
                    videos=np.concatenate([p.videos for p in parts]),
                    latents=torch.cat([p.latents for p in parts]), log_probs=torch.cat([p.log_probs for p in parts]),
                    levels=parts[0].levels, weights_version=parts[0].weights_version, sampler=parts[0].sampler,
-                   final=None if any(f is None for f in finals) else torch.cat(finals))
+                   final=None if any(f is None for f in finals) else torch.cat(finals),
+                   rewards={k: np.concatenate([p.rewards[k] for p in parts]) for k in parts[0].rewards
+                            if all(k in p.rewards for p in parts)})
+
+    def take(self, index: np.ndarray) -> RolloutBatch:
+        """The rows ``index`` (rewards and advantages included)."""
+        rows = torch.from_numpy(np.asarray(index))
+        return RolloutBatch(conditions=self.conditions.take(index), groups=self.groups[index],
+                            videos=self.videos[index], latents=self.latents[rows], log_probs=self.log_probs[rows],
+                            levels=self.levels, weights_version=self.weights_version, sampler=self.sampler,
+                            final=None if self.final is None else self.final[rows],
+                            rewards={k: v[index] for k, v in self.rewards.items()},
+                            advantages=None if self.advantages is None else self.advantages[index])
 
 
 def shard_by_group(groups: np.ndarray, num_shards: int) -> list[np.ndarray]:
@@ -188,7 +202,8 @@ def generate(policy: VideoPolicy, cond: Conditions, noise: Tensor, levels: Tenso
 class VideoRolloutWorker:
     """Rollout role: ``sample(conditions, weights_version) -> RolloutBatch`` with per-step log-probs.
 
-    Holds a policy copy and a generator seeded with ``seed + worker_index``; ``set_weights`` bumps the version.
+    Holds a policy copy and a generator seeded with ``seed + worker_index``; ``set_weights`` applies a newer
+    :class:`pipeline.weights.WeightsMessage`; ``state`` / ``load_state`` carry the generator over a checkpoint.
     """
 
     def __init__(self, policy: VideoPolicy, sampler: SamplerConfig, *, seed: int = 0, worker_index: int = 0) -> None:
@@ -197,9 +212,16 @@ class VideoRolloutWorker:
         self.policy.net.eval()
         self.generator = torch.Generator().manual_seed(seed + worker_index)
 
-    def set_weights(self, weights: dict[str, Tensor], version: int) -> None:
-        self.policy.set_weights(weights)
-        self.version = int(version)
+    def set_weights(self, message: WeightsMessage) -> int:
+        """Load ``message`` unless it is older than the held weights; returns the version now held."""
+        self.version = apply_message(self.policy.net, message, self.version)
+        return self.version
+
+    def state(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
 
     def sample(self, conditions: ConditionBatch, weights_version: int) -> RolloutBatch:
         """Generate one clip per condition row (rows of one group share ``conditions.groups``)."""

@@ -12,18 +12,20 @@ import torch
 
 from pipeline.config import dump_config, parse_config
 from pipeline.errors import ConfigError
+from pipeline.video_eval import MEAN_FIVE, evaluate_run, relative_improvement
 from pipeline.video_track import (
-    MEAN_FIVE,
+    TIMINGS,
     RewardSection,
     build_roles,
-    evaluate_run,
+    close_roles,
     load_policy,
+    make_conditions,
     newton_reward_fn,
     parse_video_section,
     post_train,
-    relative_improvement,
     run_video,
 )
+from pipeline.weights import WeightsMessage
 from rollouts.models import TinyVideoConfig, build_tiny_policy, save_tiny_policy
 from rollouts.video import RolloutBatch, SamplerConfig
 
@@ -63,7 +65,7 @@ class _Recorder:
     """Toy roles that record the order of calls (no models)."""
 
     def __init__(self):
-        self.calls, self.weights = [], {"w": torch.zeros(1)}
+        self.calls, self.tensors = [], {"w": torch.zeros(1)}
 
     def sample(self, conditions, version):
         self.calls.append(("sample", version))
@@ -77,14 +79,14 @@ class _Recorder:
 
     def update(self, batch):
         self.calls.append(("update", round(float(np.abs(batch.advantages).sum()), 3)))
-        self.weights = {"w": self.weights["w"] + 1}
+        self.tensors = {"w": self.tensors["w"] + 1}
         return {"loss": 0.0}
 
-    def get_weights(self):
-        return self.weights
+    def weights(self, version):
+        return WeightsMessage(version, self.tensors)
 
-    def set_weights(self, weights, version):
-        self.calls.append(("set_weights", version, float(weights["w"])))
+    def set_weights(self, message):
+        self.calls.append(("set_weights", message.version, float(message.tensors["w"])))
 
 
 def test_loop_runs_phases_in_order_with_versions():
@@ -146,3 +148,141 @@ def test_run_video_then_eval_command(tiny_model, tmp_path):
     for section in ("base", "post_trained"):
         assert {"kinematic_residual", "centroid_l2", "chamfer", "mask_iou", "velocity_rmse",
                 "acceleration_rmse"} <= set(data[section])
+
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    from pipeline.cli import main
+
+    assert main(["export", str(tmp_path), "--format", "diffusers", "--out", str(tmp_path / "export")]) == 0
+    exported = UNet2DModel.from_pretrained(tmp_path / "export").state_dict()
+    trained = load_file(str(tmp_path / "video" / "policy_weights.safetensors"))
+    assert all(torch.equal(exported[k.removeprefix("unet.")], v) for k, v in trained.items())
+
+
+def resume_config(tiny_model, out_dir, runtime=None, **video):
+    """Control (2 iterations) then video (4, checkpoints every 2) with 2 rollout workers, in-process."""
+    return parse_config({
+        "run": {"name": "resume", "out_dir": str(out_dir)},
+        "runtime": {"use_ray": False, "num_rollout_workers": 2, **(runtime or {})},
+        "checkpoint": {"keep_last": 1},
+        "control": {"system": {"name": "example2"}, "rollout": {"nodes": 7, "intervals": 4},
+                    "iteration": {"tol": 1e-12, "max_iterations": 2}},
+        "video": _video(tiny_model, iterations=4, checkpoint_every=2, eval={"clips": 1}, **video)})
+
+
+def video_rows(run_dir):
+    from pipeline.rundir import read_metrics
+
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(run_dir, "video")]
+
+
+@pytest.mark.parametrize("learner,runtime", [({"objective": "clipped"}, {}), ({"objective": "weighted_fm"}, {}),
+                                             ({"objective": "clipped"}, {"async_rollouts": True, "max_staleness": 1}),
+                                             ({"algorithm": "reward_grad"}, {})])
+def test_resume_after_a_crash_gives_the_metrics_of_an_uninterrupted_run(tiny_model, tmp_path, monkeypatch, learner,
+                                                                        runtime):
+    from pipeline.checkpoint import list_checkpoints
+    from pipeline.cli import main
+    from pipeline.controller import train
+    from pipeline.learners.grpo import GRPOLearner
+    from pipeline.learners.reward_grad import RewardGradLearner
+    from pipeline.rundir import read_metrics
+
+    learner = {**learner, "kl_beta": 0.1}
+    full = train(resume_config(tiny_model, tmp_path / "a", runtime, learner=learner), progress=False)
+    cls = RewardGradLearner if learner.get("algorithm") == "reward_grad" else GRPOLearner
+    original = cls.update
+
+    def crash_in_the_fourth(self, batch):
+        if self.version == 3:
+            raise KeyboardInterrupt("driver killed")
+        return original(self, batch)
+
+    monkeypatch.setattr(cls, "update", crash_in_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train(resume_config(tiny_model, tmp_path / "b", runtime, learner=learner), progress=False)
+    monkeypatch.setattr(cls, "update", original)
+    (cut,) = (tmp_path / "b").iterdir()
+    assert [s for s, _ in list_checkpoints(cut / "checkpoints" / "video")] == [2]
+    assert len(video_rows(cut)) == 3  # the row of iteration 3 came after the checkpoint: it is redone
+    control_rows = read_metrics(cut, "control/example2")
+    assert main(["train", "--resume", str(cut), "--no-progress"]) == 0
+    assert read_metrics(cut, "control/example2") == control_rows  # the finished control track is not redone
+    assert len(video_rows(full)) == 4 and video_rows(cut) == video_rows(full)
+    assert [s for s, _ in list_checkpoints(cut / "checkpoints" / "video")] == [4]  # keep_last: 1
+    evals = [json.loads((p / "summary.json").read_text())["video"]["eval"] for p in (full, cut)]
+    assert evals[0] == evals[1]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "reward_grad"])
+def test_in_process_learner_group_replica_matches_the_plain_learner(tiny_model, algorithm):
+    """Same plan, same losses: accelerate's accumulation on one replica == the in-process update, bit for bit."""
+    from pipeline.config import RuntimeSection
+    from pipeline.video_track import group_learner, make_learner
+
+    torch.set_num_threads(1)
+    cfg = parse_video_section(_video(tiny_model, learner={"algorithm": algorithm, "minibatch": 2, "grad_accum": 2,
+                                                          "kl_beta": 0.1}, reward={"weights": {"kinematic": 1.0}}))
+    rollout, _, plain = build_roles(cfg)
+    batch = make_conditions("train", 2, np.random.default_rng(0), resolution=16, num_frames=8).repeat(2)
+    if algorithm == "grpo":
+        batch = rollout.sample(batch, 0)
+        batch.advantages = np.array([1.0, -1.0, 0.5, -0.5], dtype=np.float32)
+    group = group_learner(cfg, RuntimeSection(use_ray=False, num_learners=0))
+    try:
+        for _ in range(2):
+            expected, got = plain.update(batch), group.update(batch)
+            assert got == pytest.approx(expected, rel=1e-6)
+        message = group.weights(2)
+        for key, value in plain.weights(2).tensors.items():
+            assert torch.equal(message.tensors[key], value), key
+        assert group.policy.get_weights().keys() == plain.get_weights().keys()
+        restored = make_learner(cfg)
+        restored.load_state(group.state())  # the checkpoint layouts agree
+        assert all(torch.equal(restored.weights(2).tensors[k], v) for k, v in message.tensors.items())
+    finally:
+        group.close()
+
+
+def test_two_learner_replicas_train_the_video_loop_and_stay_identical(tiny_model):
+    from pipeline.config import RuntimeSection
+    from pipeline.runtime import ray_session
+
+    pytest.importorskip("ray")
+    torch.set_num_threads(1)
+    cfg = parse_video_section(_video(tiny_model))
+    runtime = RuntimeSection(num_cpus=2, num_learners=2, cpus_per_learner=0.5, cpus_per_worker=0.25)
+    with ray_session(runtime):
+        roles = build_roles(cfg, runtime=runtime)
+        rollout, scorer, learner = roles
+        try:
+            history = post_train(cfg, rollout=rollout, scorer=scorer, learner=learner, rng=np.random.default_rng(0))
+            first, second = learner.group.replica_weights()
+            assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+            assert not all(torch.equal(v, load_policy(cfg.model).net.state_dict()[k]) for k, v in first.items())
+            assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+            assert rollout.sync.push(learner.weights(1)) == [2] and learner.held == 2  # rollouts hold v2 already
+            for key, value in learner.policy.net.state_dict().items():
+                assert torch.equal(value, first[key])
+        finally:
+            close_roles(*roles)
+
+
+def test_async_rollouts_run_ahead_within_the_staleness_bound(tiny_model):
+    """Staleness 0 == the synchronous loop; staleness 1: every other batch comes from the previous policy (no
+    step is started past a checkpoint, here every 2 iterations)."""
+    from pipeline.config import RuntimeSection
+
+    torch.set_num_threads(1)
+    cfg = parse_video_section(_video(tiny_model, iterations=4, checkpoint_every=2))
+    runs = {}
+    for name, staleness in (("sync", None), ("ahead0", 0), ("ahead1", 1)):
+        runtime = RuntimeSection(use_ray=False, num_rollout_workers=2, async_rollouts=staleness is not None)
+        rollout, scorer, learner = build_roles(cfg, runtime=runtime)
+        runs[name] = [{k: v for k, v in h.items() if k not in TIMINGS}
+                      for h in post_train(cfg, rollout=rollout, scorer=scorer, learner=learner,
+                                          rng=np.random.default_rng(0), max_staleness=staleness)]
+    assert runs["ahead0"] == runs["sync"] and [h["staleness"] for h in runs["sync"]] == [0, 0, 0, 0]
+    assert [h["staleness"] for h in runs["ahead1"]] == [0, 1, 0, 1]
+    assert runs["ahead1"][0] == runs["sync"][0] and runs["ahead1"][1] != runs["sync"][1]

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.bench import BenchResult
 from pipeline.learners.advantages import AdvantageConfig, compute_advantages
-from pipeline.video_track import build_roles, make_conditions, parse_video_section
+from pipeline.video_track import build_roles, fill_invalid, make_conditions, parse_video_section
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def measure(algorithm: str, args: argparse.Namespace) -> dict[str, Any]:
     if algorithm == "grpo":
         sample_s, batch = _median_time(lambda: rollout.sample(conditions, 0), args.repeats)
         score_s, rewards = _median_time(lambda: scorer.score(batch.videos, batch.conditions.reference), args.repeats)
-        batch.rewards = rewards
+        batch.rewards = fill_invalid(rewards)
         batch.advantages = compute_advantages(rewards, batch.groups, AdvantageConfig(weights=weights))
         update_s, _ = _median_time(lambda: learner.update(batch), args.repeats)
         row.update({"sample frames/s": frames / sample_s, "reward clips/s": clips / score_s})

@@ -17,16 +17,9 @@ import torch
 from envs.newton import SPLITS
 from pipeline.config import load_config
 from pipeline.errors import InputError
-from pipeline.video_track import (
-    DISPLACEMENT,
-    FIVE_METRICS,
-    KINEMATIC_RESIDUAL,
-    MEAN_FIVE,
-    evaluate_run,
-    load_policy,
-    load_post_trained,
-    parse_video_section,
-)
+from pipeline.video_eval import DISPLACEMENT, FIVE_METRICS, MEAN_FIVE, evaluate_run
+from pipeline.video_track import load_policy, load_post_trained, parse_video_section
+from rewards.metrics import KINEMATIC_RESIDUAL
 
 log = logging.getLogger(__name__)
 
