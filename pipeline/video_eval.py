@@ -52,9 +52,11 @@ def displacement(video: np.ndarray, background: np.ndarray, context_frames: int)
 def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSection
                       ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], np.ndarray]:
     """Generate the same held-out scenes with the same initial noise for each policy (Euler ODE,
-    ``eval.num_steps``) and average the NewtonBench metrics, the kinematic residual and the displacement.
+    ``eval.num_steps``) and average the NewtonBench metrics, the kinematic residual and the displacement, over
+    all clips and per primitive.
 
-    Returns (name -> metric means, name -> videos (N, T, H, W, 3) uint8, references (N, T, H, W, 3) uint8).
+    Returns (name -> metric means, plus ``by_primitive``: primitive -> name -> metric means (and ``clips``);
+    name -> videos (N, T, H, W, 3) uint8; references (N, T, H, W, 3) uint8).
     """
     rng = np.random.default_rng(cfg.eval.seed)
     res, frames = cfg.data.resolution, cfg.data.num_frames
@@ -64,7 +66,8 @@ def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSe
     cond, tc = conditions.conditions(), conditions.context.shape[1]
     noise = torch.randn((len(clips), frames - tc, 3, res, res), generator=torch.Generator().manual_seed(cfg.eval.seed))
     sampler = SamplerConfig(num_steps=cfg.eval.num_steps)
-    results, videos = {}, {}
+    results, videos, by_primitive = {}, {}, {}
+    primitives = np.array([s.primitive for s in specs])
     for name, policy in policies.items():
         policy.net.eval()
         levels = sampler_levels(policy, sampler)
@@ -76,11 +79,20 @@ def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSe
             row = evaluate_clip(gen, clip.video, reference_masks=clip.masks, background=background)
             row[DISPLACEMENT] = displacement(gen, background, tc)
             rows.append(row)
-        results[name] = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+        results[name] = _means(rows)
+        for prim in sorted(set(primitives)):
+            chosen = [r for r, p in zip(rows, primitives, strict=True) if p == prim]
+            by_primitive.setdefault(prim, {"clips": len(chosen)})[name] = _means(chosen)
         videos[name] = video
     ref_disp = [displacement(c.video, np.median(c.video, axis=0).astype(np.uint8), tc) for c in clips]
     results["reference"] = {DISPLACEMENT: float(np.mean(ref_disp))}
+    results["by_primitive"] = by_primitive
     return results, videos, conditions.reference
+
+
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-metric mean over clips (NaN-aware: a clip whose object was not found does not count)."""
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
 def side_by_side(videos: dict[str, np.ndarray], reference: np.ndarray, rows: int = 6, scale: int = 4) -> np.ndarray:
@@ -120,6 +132,8 @@ def evaluate_run(cfg: VideoSection, base: VideoPolicy, post: VideoPolicy, split:
     writes the sample GIF/PNG (and curves when ``history`` is given) under ``out``."""
     results, videos, reference = evaluate_policies({"base": base, "post_trained": post}, split, cfg)
     results["improvement"] = relative_improvement(results["base"], results["post_trained"])
+    for section in results["by_primitive"].values():
+        section["improvement"] = relative_improvement(section["base"], section["post_trained"])
     if out is not None:
         write_artifacts(out, history or [], videos, reference, split)
     return results
@@ -137,5 +151,12 @@ def report(summary: dict[str, Any]) -> str:
                          f"{'-' if gain is None else f'{gain:+.1%}'} |")
         lines += [f"| mean of the five | | | {res['improvement'][MEAN_FIVE]:+.1%} |",
                   f"| reference {DISPLACEMENT} | {res['reference'][DISPLACEMENT]:.4g} | | |", "",
+                  "| primitive | clips | kinematic residual base -> post | change | mean of the five |",
+                  "|---|---|---|---|---|"]
+        for prim, sec in res.get("by_primitive", {}).items():
+            lines.append(f"| {prim} | {sec['clips']} | {sec['base'][KINEMATIC_RESIDUAL]:.4g} -> "
+                         f"{sec['post_trained'][KINEMATIC_RESIDUAL]:.4g} | "
+                         f"{-sec['improvement'][KINEMATIC_RESIDUAL]:+.1%} | {sec['improvement'][MEAN_FIVE]:+.1%} |")
+        lines += ["",
                   f"![samples](video/samples_{split}.gif) (columns: base, post-trained, reference)", ""]
     return "\n".join(lines + ["![rewards](video/video_rewards.png)", ""])

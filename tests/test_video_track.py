@@ -148,6 +148,12 @@ def test_run_video_then_eval_command(tiny_model, tmp_path):
     for section in ("base", "post_trained"):
         assert {"kinematic_residual", "centroid_l2", "chamfer", "mask_iou", "velocity_rmse",
                 "acceleration_rmse"} <= set(data[section])
+    from envs.newton.spec import PRIMITIVES
+
+    assert set(data["by_primitive"]) <= set(PRIMITIVES)
+    assert sum(sec["clips"] for sec in data["by_primitive"].values()) == 2
+    assert all({"base", "post_trained", "improvement"} <= set(sec) for sec in data["by_primitive"].values())
+    assert "| primitive | clips |" in report
 
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
