@@ -62,20 +62,28 @@ def has_adapters(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") or any(hasattr(m, "peft_config") for m in model.children())
 
 
-def _peft_model(model: nn.Module) -> nn.Module:
+def _peft_model(model: nn.Module) -> tuple[str, nn.Module]:
+    """(state-dict key prefix, module) of the peft model in ``model`` (``""``, model if it is one itself)."""
     if hasattr(model, "peft_config"):
-        return model
-    return next(m for m in model.children() if hasattr(m, "peft_config"))
+        return "", model
+    return next((f"{name}.", m) for name, m in model.named_children() if hasattr(m, "peft_config"))
 
 
-def weights_message(model: nn.Module, version: int, *, adapter_only: bool | None = None) -> WeightsMessage:
-    """The state to ship: adapter weights when the model has adapters (or ``adapter_only``), else all of it."""
+def weights_message(model: nn.Module, version: int, *, adapter_only: bool | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> WeightsMessage:
+    """The state to ship: adapter weights when the model has adapters (or ``adapter_only``), else all of it.
+
+    ``state``: the model's full state dict when ``model.state_dict()`` does not give it (a sharded model's, gathered).
+    """
     adapter_only = has_adapters(model) if adapter_only is None else adapter_only
     if adapter_only:
         from peft import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(_peft_model(model))
-    else:
+        prefix, peft_model = _peft_model(model)
+        if state is not None:
+            state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        state = get_peft_model_state_dict(peft_model, state_dict=state)
+    elif state is None:
         state = model.state_dict()
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
     return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only)
@@ -89,7 +97,7 @@ def apply_message(model: nn.Module, message: WeightsMessage, current_version: in
     if message.adapter_only:
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(_peft_model(model), message.tensors)
+        result = set_peft_model_state_dict(_peft_model(model)[1], message.tensors)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise KeyError(f"adapter weights do not match the model: unexpected keys {unexpected[:3]}")

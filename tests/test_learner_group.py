@@ -1,7 +1,9 @@
-"""Learner group: a real 2-process DDP group (gloo, Ray actors) == one full-batch step; replicas stay identical."""
+"""Learner group: a real 2-process DDP or FSDP group (gloo, Ray actors) == one full-batch step; replicas stay
+identical; FSDP really shards, and checkpoints move between the strategies."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.config import RuntimeSection
-from pipeline.learner_group import LearnerGroup, LearnerSettings, split
+from pipeline.learner_group import LearnerGroup, LearnerSettings, LearnerWorker, split
 from pipeline.runtime import LocalPool, Placement, make_pool, ray_session
 from pipeline.weights import WeightSync, apply_message, weights_message
 
@@ -110,6 +112,109 @@ def test_two_process_ddp_replicas_match_a_full_batch_step(tmp_path):
         finally:
             group.shutdown()
             placement.close()
+
+
+class Blocks(nn.Module):
+    """Blocks in an ``nn.ModuleList`` (FSDP shards each on its own, then the root: the head) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(3, 8), nn.Linear(8, 8)])
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = torch.tanh(block(x))
+        return self.head(x)
+
+
+def build_blocks(adam: bool = False) -> Regression:
+    """SGD (no state); ``adam``: AdamW with weight decay (sharded moments) and a step-decay scheduler."""
+    torch.manual_seed(0)
+    model = Blocks()
+    if not adam:
+        return Regression(model, torch.optim.SGD(model.parameters(), lr=LR))
+    optimizer = torch.optim.AdamW([{"params": model.blocks.parameters()}, {"params": model.head.parameters(),
+                                                                           "lr": LR / 2}], lr=LR, weight_decay=0.1)
+    return Regression(model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+
+
+def local_shards(worker: LearnerWorker) -> dict[str, tuple[bool, int, int]]:
+    """(is a DTensor, elements held on this rank, elements in all) of each parameter of a learner replica."""
+    from torch.distributed.tensor import DTensor
+
+    return {name: (isinstance(p, DTensor), p.to_local().numel() if isinstance(p, DTensor) else p.numel(), p.numel())
+            for name, p in worker.model.named_parameters()}
+
+
+def fsdp_runtime(**kwargs: Any) -> RuntimeSection:
+    return RuntimeSection(num_cpus=2, num_learners=2, cpus_per_learner=0.5, learner_strategy="fsdp", **kwargs)
+
+
+def test_fsdp_replicas_are_sharded_and_take_the_full_batch_step():
+    runtime = fsdp_runtime(grad_accumulation=2)
+    clip = 0.05
+    ref = build_blocks()  # the truth: one clipped SGD step on the whole batch in one process
+    x, y = data()
+    ref.loss(ref.model, (x, y))[0].backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(ref.model.parameters(), clip))
+    ref.optimizer.step()
+    with ray_session(runtime):
+        group = LearnerGroup(build_blocks, runtime, settings=LearnerSettings.from_runtime(runtime, max_grad_norm=clip))
+        try:
+            shards = [ray.get(a.__ray_call__.remote(local_shards)) for a in group.actors]
+            for name, (is_dtensor, held, total) in shards[0].items():  # every weight is split between the ranks
+                assert is_dtensor and shards[1][name][0] and held + shards[1][name][1] == total
+            assert [sum(h for _, h, _ in s.values()) for s in shards] == [61, 52]  # of 113: a strict subset each
+            metrics = group.update([micro(x, y, 4)[:2], micro(x, y, 4)[2:]])  # 2 micro-batches per replica
+            assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > clip  # a global norm, clipped
+            first, second = group.replica_weights()
+            assert_close(first, second)
+            assert_close(first, ref.model.state_dict())
+            message = group.weights(version=5)
+            assert message.version == 5
+            assert_close(message.tensors, first)
+        finally:
+            group.shutdown()
+
+
+def test_fsdp_checkpoints_load_into_ddp_and_back():
+    """Sharded AdamW moments, step counts and the scheduler travel in the DDP layout, both ways."""
+    runtime = fsdp_runtime()
+    x, y = data()
+    steps = [[[b] for b in micro(x.roll(k, 0), y.roll(k, 0), 2)] for k in range(3)]
+    adam = functools.partial(build_blocks, adam=True)
+    reference = build_blocks(adam=True)  # the layout of an in-process optimizer: parameter indices, same groups
+    reference.loss(reference.model, (x, y))[0].backward()
+    reference.optimizer.step()
+    expected = reference.optimizer.state_dict()
+    with ray_session(runtime):
+        fsdp = LearnerGroup(adam, runtime)
+        ddp = LearnerGroup(adam, runtime.model_copy(update={"learner_strategy": "ddp"}))
+        try:
+            for shards in steps[:2]:
+                fsdp.update(shards)
+            sharded = fsdp.state()
+            got = sharded["optimizer"]
+            assert [(sorted(g), g["params"]) for g in got["param_groups"]] == [
+                (sorted(g), g["params"]) for g in expected["param_groups"]]
+            assert {i: {k: v.shape for k, v in s.items()} for i, s in got["state"].items()} == {
+                i: {k: v.shape for k, v in s.items()} for i, s in expected["state"].items()}
+            ddp.load_state(sharded)  # FSDP -> DDP
+            assert_close(ddp.replica_weights()[1], sharded["model"])
+            before = ddp.state()
+            fsdp.update(steps[2])
+            ddp.update(steps[2])  # the same step from the same weights, moments and learning rates
+            after = ddp.weights(1).tensors
+            assert_close(fsdp.weights(1).tensors, after)
+            fsdp.load_state(before)  # DDP -> FSDP: back one step, and the same step again
+            assert_close(fsdp.replica_weights()[0], before["model"])
+            fsdp.update(steps[2])
+            assert_close(fsdp.weights(2).tensors, after)
+            assert fsdp.state()["scheduler"] == ddp.state()["scheduler"]
+        finally:
+            fsdp.shutdown()
+            ddp.shutdown()
 
 
 def test_split_deals_contiguous_shards():
