@@ -12,6 +12,7 @@ from scipy.integrate import solve_ivp
 from envs.control import make_system
 from envs.control.analysis import mirrored_gain
 from pipeline.config import RuntimeSection
+from pipeline.errors import InputError
 from pipeline.learners.neural_lr import LRTrainer, NeuralLRSettings, advantages, train_neural_policy_lr
 from pipeline.runtime import Placement, ray_session
 from rollouts.neural_control import ControlPolicy, NeuralRolloutSpec, true_cost
@@ -63,6 +64,25 @@ def test_cost_to_go_is_causal_and_advantages_are_group_centred():
     np.testing.assert_allclose(adv.sum(axis=1), 0.0, atol=1e-12)  # group baseline per start and decision time
     assert adv.std() == pytest.approx(1.0)
     assert np.all((adv[:, 0] - adv[:, 1]) * (G[:, 0] - G[:, 1]) <= 0)  # lower cost, higher advantage
+
+
+def test_diverged_trajectories_are_excluded_from_baselines_and_update():
+    G = np.array([[[1.0], [3.0], [1e30]], [[2.0], [2.0], [5.0]]])  # 2 starts x 3 samples x 1 decision
+    valid = np.array([[True, True, False], [True, True, True]])
+    adv = advantages(G, valid=valid)
+    assert adv[0, 2, 0] == 0.0
+    centred = np.array([-1.0, 1.0, -1.0, -1.0, 2.0])  # group means 2 (valid only) and 3
+    np.testing.assert_allclose(adv[valid][:, 0], -centred / centred.std())
+
+    spec, starts = lr_spec(intervals=4), STARTS2
+    settings = NeuralLRSettings(hidden=(), iterations=2, group_size=4, sigma=2.0, diverged_norm=1.0)
+    out = train_neural_policy_lr(spec, settings, starts, gain0=np.array([[3.0, 3.0]]))
+    flagged = [h["diverged_fraction"] for h in out.history]
+    assert 0 < max(flagged) < 1  # |x0| ~ 1: some trajectories leave the unit ball
+    assert all(np.isfinite(p.detach().numpy()).all() for p in out.policy.parameters())
+    with pytest.raises(InputError, match="every trajectory diverged"):
+        train_neural_policy_lr(spec, NeuralLRSettings(hidden=(), iterations=1, group_size=2, diverged_norm=1e-9),
+                               starts, gain0=np.array([[3.0, 3.0]]))
 
 
 def test_lr_learner_moves_a_stabilising_gain_toward_the_care_gain():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,10 @@ from rollouts.neural_exploration import (
     gaussian_log_prob,
 )
 
+log = logging.getLogger(__name__)
+
 #: metric names
-LOG_PROB, SIGMA, LR = "log_prob", "sigma", "lr"
+LOG_PROB, SIGMA, LR, DIVERGED = "log_prob", "sigma", "lr", "diverged_fraction"
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,14 @@ class NeuralLRSettings:
     group_size: int = 8  # trajectories per start and iteration (the group of the baseline), >= 2
     max_grad_norm: float = float("inf")  # clip the gradient norm; inf: no clipping (the norm is still reported)
     eps: float = 1e-8  # added to the advantage std
+    diverged_norm: float = 1e3  # a trajectory whose decision states leave |x| <= this (or whose cost is not finite)
+    # is flagged as diverged and excluded from its group's baseline and from the update
 
     def __post_init__(self) -> None:
         checks = {"iterations": self.iterations >= 1, "lr": self.lr > 0, "mlp_lr": self.mlp_lr > 0,
                   "lr_final": 0 < self.lr_final <= 1, "sigma": self.sigma > 0, "sigma_final": self.sigma_final > 0,
-                  "group_size": self.group_size >= 2, "max_grad_norm": self.max_grad_norm > 0}
+                  "group_size": self.group_size >= 2, "max_grad_norm": self.max_grad_norm > 0,
+                  "diverged_norm": self.diverged_norm > 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"neural_lr.{bad[0]} = {getattr(self, bad[0])!r}: out of range (see NeuralLRSettings)")
@@ -120,10 +126,26 @@ def build_learner(state_dim: int, input_dim: int, policy_kwargs: dict[str, Any],
                            num_processes=num_processes)
 
 
-def advantages(costs_to_go: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """(B, k, D) costs to go -> (B, k, D) advantages: minus the group-centred cost over one batch-wide std."""
-    centred = costs_to_go - costs_to_go.mean(axis=1, keepdims=True)
-    return -centred / (centred.std() + eps)
+def advantages(costs_to_go: np.ndarray, eps: float = 1e-8, valid: np.ndarray | None = None) -> np.ndarray:
+    """(B, k, D) costs to go -> (B, k, D) advantages: minus the group-centred cost over one batch-wide std.
+
+    ``valid`` (B, k): trajectories that count; the others get advantage 0 and stay out of the group means and the
+    std (a group with no valid trajectory contributes nothing)."""
+    valid = np.ones(costs_to_go.shape[:2], bool) if valid is None else valid
+    w = np.broadcast_to(valid[..., None], costs_to_go.shape)
+    costs = np.where(w, costs_to_go, 0.0)
+    count = w.sum(axis=1, keepdims=True)
+    centred = np.where(w, costs - costs.sum(axis=1, keepdims=True) / np.maximum(count, 1), 0.0)
+    std = np.sqrt((centred ** 2).sum() / max(int(w.sum()), 1))
+    return -centred / (std + eps)
+
+
+def flag_diverged(batch: ExplorationBatch, bound: float) -> np.ndarray:
+    """(B, k) True for trajectories whose decision states leave the ball |x| <= ``bound`` or whose interval costs
+    are not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(batch.states, axis=-1).max(axis=-1)
+    return ~np.isfinite(batch.interval_costs).all(axis=-1) | ~(norms <= bound)
 
 
 def micro_batches(batch: ExplorationBatch, adv: np.ndarray, spec: ExplorationSpec, sigma: float,
@@ -188,21 +210,29 @@ class LRTrainer:
         """Trajectories of the current policy (version ``iteration``) from every start."""
         draw = Draw(sigma=self.settings.sigma_at(iteration), group_size=self.settings.group_size, seed=self.seed,
                     iteration=iteration)
-        batch = _merge(self.pool.map("rollout", [(self.starts[s], np.asarray(s), draw) for s in self.shards]))
-        if not np.all(np.isfinite(batch.interval_costs)):
-            raise InputError(f"likelihood-ratio policy gradient: a trajectory diverged at iteration {iteration} on "
-                             f"{self.spec.rollout.system}; lower sigma or lr, or start from a stabilising gain")
-        return batch
+        return _merge(self.pool.map("rollout", [(self.starts[s], np.asarray(s), draw) for s in self.shards]))
 
     def step(self, iteration: int) -> dict[str, float]:
         """sample -> advantages -> update (equal shards over the replicas) -> sync; returns the metrics."""
         sigma = self.settings.sigma_at(iteration)
         batch = self.sample(iteration)
-        adv = advantages(cost_to_go(batch.interval_costs, self.spec), self.settings.eps)
+        diverged = flag_diverged(batch, self.settings.diverged_norm)
+        if diverged.all():
+            raise InputError(f"likelihood-ratio policy gradient: every trajectory diverged at iteration {iteration} "
+                             f"on {self.spec.rollout.system}; lower sigma or lr, or start from a stabilising gain")
+        if diverged.any():
+            log.warning("iteration %d: %d of %d trajectories diverged (|x| > %g); excluded from the update",
+                        iteration, int(diverged.sum()), diverged.size, self.settings.diverged_norm)
+            keep = ~diverged[..., None, None]  # excluded rows: zero states/actions, advantage 0
+            batch = dataclasses.replace(batch, states=np.where(keep, batch.states, 0.0),
+                                        actions=np.where(keep, batch.actions, 0.0))
+        costs = np.where(diverged[..., None], 0.0, batch.interval_costs)
+        adv = advantages(cost_to_go(costs, self.spec), self.settings.eps, valid=~diverged)
         mbs = micro_batches(batch, adv, self.spec, sigma, self.parts)  # replica r: the r-th contiguous shard
         metrics = self.group.update(split(mbs, self.group.num_replicas))
         self.sync.push(self.group.weights(iteration + 1))
-        return {MEAN_RETURN: float(batch.returns.mean()), SIGMA: sigma, **metrics}
+        return {MEAN_RETURN: float(costs.sum(-1)[~diverged].mean()), DIVERGED: float(diverged.mean()), SIGMA: sigma,
+                **metrics}
 
     def policy(self) -> ControlPolicy:
         """A copy of the learners' current policy."""
