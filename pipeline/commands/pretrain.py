@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (model.safetensors, config.json, loss.csv)")
-    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget, minutes")
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock training budget, minutes (default: "
+                        "10, or none when --steps is given)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps (with a fixed "
-                        "--seed and --threads 1 the result is the same on every machine); --minutes still bounds it")
+                        "--seed and --threads 1 the result is the same on every machine)")
     parser.add_argument("--init", default=None, help="continue from this checkpoint directory")
     parser.add_argument("--batch", type=int, default=16, help="clips per step")
     parser.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
@@ -72,7 +73,8 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
 
 def train(args: argparse.Namespace) -> dict:
     """Run the time-limited SFT loop; returns a summary dict."""
-    if args.minutes <= 0 or args.batch < 1 or (args.steps is not None and args.steps < 1):
+    minutes = args.minutes if args.minutes is not None else (float("inf") if args.steps else 10.0)
+    if minutes <= 0 or args.batch < 1 or (args.steps is not None and args.steps < 1):
         raise ConfigError(f"--minutes = {args.minutes}, --batch = {args.batch}, --steps = {args.steps}: expected "
                           "positive values")
     torch.set_num_threads(args.threads)
@@ -86,7 +88,7 @@ def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start, last_save, step, rows = time.time(), time.time(), 0, []
-    while time.time() - start < args.minutes * 60 and (args.steps is None or step < args.steps):
+    while time.time() - start < minutes * 60 and (args.steps is None or step < args.steps):
         x0, cond = make_batch(rng, args.batch, config, policy)
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 200)
