@@ -3,9 +3,10 @@
 The driver keeps the learner's planner. Each update it shards the batch over the replicas in whole groups of equal
 size, plans every shard's micro-batches (all of the update's randomness is drawn here, in the driver) and hands the
 plans to the group, whose replicas run ``loss(model, micro_batch)`` with gradients averaged across them. Rank 0's
-weights go out as a versioned :class:`pipeline.weights.WeightsMessage` and into the driver's copy of the policy
-(:attr:`GroupLearner.policy`, for saving and evaluation). Checkpoint state has the layout of the in-process learner
-(``model``, ``optimizer``, ``learner``), so a run may resume with another number of learners.
+weights go out as a versioned :class:`pipeline.weights.WeightsMessage`; the driver's copy of the policy
+(:attr:`GroupLearner.policy`, for saving and evaluation) loads the newest of them when it is read, not every
+update. Checkpoint state has the layout of the in-process learner (``model``, ``optimizer``, ``learner``), so a
+run may resume with another number of learners.
 """
 
 from __future__ import annotations
@@ -38,9 +39,26 @@ class GroupLearner:
     """
 
     def __init__(self, group: LearnerGroup, planner: Planner, *, policy: VideoPolicy, minibatch: int) -> None:
-        self.group, self.planner, self.policy, self.minibatch = group, planner, policy, minibatch
+        self.group, self.planner, self._policy, self.minibatch = group, planner, policy, minibatch
         self.version = 0
-        self.held = 0  # weights version of ``policy``
+        self._held = 0  # weights version loaded into ``_policy``
+        self._newest: WeightsMessage | None = None  # sent to the rollouts, not yet loaded into ``_policy``
+
+    @property
+    def policy(self) -> VideoPolicy:
+        """The driver's copy of the policy at the newest weights handed out by :meth:`weights`."""
+        self._load_newest()
+        return self._policy
+
+    @property
+    def held(self) -> int:
+        """Weights version of :attr:`policy`."""
+        self._load_newest()
+        return self._held
+
+    def _load_newest(self) -> None:
+        if self._newest is not None:
+            self._held, self._newest = apply_message(self._policy.net, self._newest, self._held), None
 
     def update(self, batch: Any) -> dict[str, float]:
         """One update over ``batch`` (rows with ``groups`` and ``take``); returns metrics averaged over replicas."""
@@ -53,9 +71,10 @@ class GroupLearner:
         return metrics
 
     def weights(self, version: int) -> WeightsMessage:
-        """Rank 0's weights as message ``version``; the driver's :attr:`policy` is brought up to them too."""
+        """Rank 0's weights as message ``version`` (the driver's :attr:`policy` holds them when next read)."""
         message = self.group.weights(version)
-        self.held = apply_message(self.policy.net, message, self.held)
+        if self._newest is None or message.version > self._newest.version:
+            self._newest = message
         return message
 
     def state(self) -> dict[str, Any]:
