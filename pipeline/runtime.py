@@ -7,6 +7,11 @@ is reported with what was requested and what the cluster has, before any work st
 A pool exposes ``map(method, calls)``: call ``method`` once per argument tuple, spreading the calls over the
 workers round-robin, and return the results in order. With Ray, a worker that dies is restarted by Ray
 (``max_restarts``) and its calls are re-done; the incident is logged, the work is not dropped.
+
+Submissions that need not block the driver (an asynchronous weight push, the rollouts started ahead of the
+learner) go through :meth:`RayPool.later`: one sender thread per pool serialises and submits them in order while
+the driver goes on; every direct call on the pool waits for that queue first, so each actor sees its calls in the
+driver's order and the results equal a run without the thread.
 """
 
 from __future__ import annotations
@@ -14,16 +19,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.config import RuntimeSection
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: role kinds that get resources from the config
 ROLE_KINDS = ("rollout", "reward", "learner")
@@ -144,19 +153,29 @@ class LocalPool:
         """Call ``method`` on worker 0."""
         return getattr(self.workers[0], method)(*args)
 
-    def broadcast(self, method: str, *args: Any, wait: bool = True) -> list[Any]:
-        """Call ``method`` with the same arguments on every worker."""
-        return [getattr(w, method)(*args) for w in self.workers]
+    def broadcast(self, method: str, *args: Any, wait: bool = True) -> list[Any] | None:
+        """Call ``method`` with the same arguments on every worker (``wait=False``: returns None, as Ray's)."""
+        results = [getattr(w, method)(*args) for w in self.workers]
+        return results if wait else None
 
     def submit(self, method: str, calls: Sequence[tuple]) -> list[Any]:
         """In-process: the results themselves (computed now, as the Ray pool would start them now)."""
         return self.map(method, calls)
+
+    def later(self, job: Callable[[], T]) -> Future[T]:
+        """In-process: ``job`` runs now; its (finished) future."""
+        future: Future[T] = Future()
+        future.set_result(job())
+        return future
 
     def resolve(self, handles: list[Any]) -> list[Any]:
         return handles
 
     def call_on(self, worker: int, method: str, *args: Any) -> Any:
         return getattr(self.workers[worker], method)(*args)
+
+    def drain(self) -> None:
+        """Nothing is queued in-process."""
 
     def wait_alive(self, worker: int | None = None, timeout_s: float = 0.0) -> None:
         """In-process workers are always alive."""
@@ -180,6 +199,11 @@ class RayPool:
         #: called with a restarted worker's index (None: unknown, maybe any) before its calls are re-done, e.g.
         #: to send it the current weights again (a restarted actor starts from its constructor arguments)
         self.restart_hooks: list[Callable[[int | None], None]] = []
+        self._sender: ThreadPoolExecutor | None = None
+        self._queued: deque[Future] = deque()  # jobs given to :meth:`later`, oldest first
+        self._on_sender = threading.local()
+        self._unchecked: list = []  # refs of calls nobody waits for (asynchronous pushes): errors surface later
+        self._unchecked_lock = threading.Lock()
         remote = ray.remote(role)
         res = role_resources(runtime)[kind]
         self.workers = []
@@ -188,10 +212,54 @@ class RayPool:
             actor = remote.options(max_restarts=runtime.max_restarts, **opts)
             self.workers.append(actor.remote(*args, worker_index=i, **kwargs))
 
+    def later(self, job: Callable[[], T]) -> Future[T]:
+        """Run ``job`` (which submits calls to this pool and returns at once) on the pool's sender thread, after the
+        jobs given before it; the driver goes on meanwhile. Direct calls on the pool wait for these jobs first."""
+        while self._queued and self._queued[0].done() and self._queued[0].exception() is None:
+            self._queued.popleft()
+        self._check_unobserved()
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"newtonrl-{self.name}-sender")
+
+        def run() -> T:
+            self._on_sender.active = True
+            return job()
+
+        future = self._sender.submit(run)
+        self._queued.append(future)
+        return future
+
+    def drain(self) -> None:
+        """Wait until every job given to :meth:`later` has submitted its calls (re-raising a job's error), and
+        raise the error of any finished call nobody waited for (a worker that failed to apply weights)."""
+        if getattr(self._on_sender, "active", False):
+            return  # a queued job calling the pool: the jobs before it are done
+        while self._queued:
+            self._queued.popleft().result()
+        self._check_unobserved()
+
+    def _check_unobserved(self) -> None:
+        """Raise the error of a finished call nobody waits for; a dead worker's is left to :meth:`map`'s retries."""
+        import ray
+
+        with self._unchecked_lock:
+            refs, self._unchecked = self._unchecked, []
+        if not refs:
+            return
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+        with self._unchecked_lock:
+            self._unchecked += pending
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:  # restarted by Ray; the restart hooks re-send what it lost
+                pass
+
     def map(self, method: str, calls: Sequence[tuple]) -> list[Any]:
         """Results of ``method(*call)`` in order; calls lost with a dead worker are re-done once Ray restarts it."""
         import ray
 
+        self.drain()
         n, results, pending = len(self.workers), {}, list(range(len(calls)))
         for attempt in range(self.max_retries + 1):
             refs = {i: getattr(self.workers[i % n], method).remote(*calls[i]) for i in pending}
@@ -213,27 +281,37 @@ class RayPool:
                 self.wait_alive(w)
                 self.notify_restart(w)
             pending = sorted(failed)
+        self._check_unobserved()  # a worker runs calls in order: pushes queued before these are done by now
         return [results[i] for i in range(len(calls))]
 
     def call(self, method: str, *args: Any) -> Any:
         return self.map(method, [args])[0]
 
-    def broadcast(self, method: str, *args: Any, wait: bool = True) -> list[Any]:
+    def broadcast(self, method: str, *args: Any, wait: bool = True) -> list[Any] | None:
         """Call ``method`` with the same arguments on every worker; the arguments go to the object store once.
 
-        ``wait=False`` returns at once (the refs): each worker runs the call after the calls already queued on
-        it and before any submitted later, which is what an asynchronous weight push needs.
+        ``wait=False`` returns None at once: the sender thread puts the arguments and submits the calls
+        (:meth:`later`), so each worker runs the call after the calls already queued on it and before any submitted
+        later, which is what an asynchronous weight push needs; an error it raises surfaces at a later call.
         """
         import ray
 
-        refs = tuple(ray.put(a) for a in args)
         if not wait:
-            return self.submit(method, [refs] * len(self.workers))
+            def send() -> None:
+                refs = tuple(ray.put(a) for a in args)
+                sent = self.submit(method, [refs] * len(self.workers))
+                with self._unchecked_lock:
+                    self._unchecked += sent
+
+            self.later(send)
+            return None
+        refs = tuple(ray.put(a) for a in args)
         return self.map(method, [refs] * len(self.workers))  # call i goes to worker i; Ray resolves the refs
 
     def submit(self, method: str, calls: Sequence[tuple]) -> list[Any]:
         """Start the calls (round-robin) and return their refs without waiting; refs may be passed on as
         arguments to another pool's calls (Ray hands the result over without the driver)."""
+        self.drain()
         n = len(self.workers)
         return [getattr(self.workers[i % n], method).remote(*call) for i, call in enumerate(calls)]
 
@@ -261,6 +339,7 @@ class RayPool:
         """``method(*args)`` on one worker."""
         import ray
 
+        self.drain()
         return ray.get(getattr(self.workers[worker], method).remote(*args))
 
     def notify_restart(self, worker: int | None) -> None:
@@ -271,6 +350,9 @@ class RayPool:
     def close(self) -> None:
         import ray
 
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)  # queued submissions are made (and then cancelled with the actors)
+            self._sender, self._queued = None, deque()
         for actor in self.workers:
             ray.kill(actor)
         self.workers = []
@@ -283,7 +365,7 @@ class _Step:
     step: int
     calls: list
     version: int | None
-    handles: list
+    handles: Future  # of the reward calls' handles, once the sender thread has submitted them
     done: list | None = None
 
 
@@ -307,11 +389,16 @@ class BatchStream:
         self.started = 0
 
     def _start(self) -> None:
+        """Start the next step: its calls are drawn now, submitted by the rollout pool's sender thread (after any
+        weight push queued before), so the driver does not wait for Ray to serialise them."""
         calls = self.calls(self.started)
-        sampled = self.rollouts.submit(self.sample, calls)
         version = self.sync.version if self.sync is not None else None
-        self.inflight.append(_Step(self.started, calls, version, self.rewards.submit(self.score,
-                                                                                     [(b,) for b in sampled])))
+
+        def submit() -> list:
+            sampled = self.rollouts.submit(self.sample, calls)
+            return self.rewards.submit(self.score, [(b,) for b in sampled])
+
+        self.inflight.append(_Step(self.started, calls, version, self.rollouts.later(submit)))
         self.started += 1
 
     def get(self, step: int, *, last: int | None = None) -> list[Any]:
@@ -325,7 +412,7 @@ class BatchStream:
         if current.done is not None:
             return current.done
         try:
-            return self.rewards.resolve(current.handles)
+            return self.rewards.resolve(current.handles.result())
         except Exception as exc:  # noqa: BLE001 - only actor deaths are retried, anything else re-raised
             if not _actor_died(exc):
                 raise
@@ -337,6 +424,7 @@ class BatchStream:
     def _redo(self, steps: list[_Step]) -> None:
         """Re-do ``steps`` synchronously (a restarted actor may have run later ones without their weights)."""
         for pool in (self.rollouts, self.rewards):
+            pool.drain()
             pool.wait_alive()
         if self.sync is None:
             self.rollouts.notify_restart(None)

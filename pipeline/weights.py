@@ -121,9 +121,10 @@ class WeightSync:
         self.keep = keep
         pool.restart_hooks.append(self.resend)
 
-    def push(self, message: WeightsMessage, *, wait: bool = True) -> list[Any]:
-        """Send ``message`` to all workers; returns the version each now holds (``wait=False``: Ray refs to it, the
-        workers apply it after their queued calls, before later ones). Times the (submission) round trip."""
+    def push(self, message: WeightsMessage, *, wait: bool = True) -> list[Any] | None:
+        """Send ``message`` to all workers; returns the version each now holds. ``wait=False`` returns None at once:
+        the pool's sender thread ships it, and each worker applies it after the calls already queued on it and
+        before later ones. Times the round trip (``wait=False``: the driver's share only)."""
         t0 = time.perf_counter()
         versions = self.pool.broadcast(self.method, message, wait=wait)
         self.version, self.last = message.version, message

@@ -137,3 +137,48 @@ def test_batch_stream_bounds_staleness_and_matches_in_process(ray_gpu, staleness
     expected = [[(k, max(k - staleness, 0))] * 2 for k in range(5)]  # step k sampled by policy k - s
     assert stream_versions(RuntimeSection(use_ray=False), staleness) == expected
     assert stream_versions(RuntimeSection(), staleness) == expected
+
+
+class Slow(Versioned):
+    """A Versioned role whose weights are slow to ship (pickled on the driver's sender thread) and may be bad."""
+
+    def set_weights(self, version) -> int:  # noqa: ANN001 - int or Payload
+        if getattr(version, "bad", False):
+            raise ValueError("weights do not fit the model")
+        return super().set_weights(int(version))
+
+
+class Payload(int):
+    """A version that takes 0.3 s to pickle, so the driver outruns the sender thread."""
+
+    bad = False
+
+    def __reduce__(self) -> tuple:
+        import time
+
+        time.sleep(0.3)
+        return (_payload, (int(self), self.bad))
+
+
+def _payload(version: int, bad: bool) -> Payload:
+    out = Payload(version)
+    out.bad = bad
+    return out
+
+
+def test_queued_pushes_keep_the_driver_order_and_their_errors_surface(ray_gpu):
+    import time
+
+    pool = make_pool(Slow, 2, runtime=RuntimeSection())
+    try:
+        t0 = time.perf_counter()
+        pool.broadcast("set_weights", Payload(1), wait=False)
+        assert time.perf_counter() - t0 < 0.2  # the driver goes on while the sender thread pickles and submits
+        assert pool.map("rollout", [(0,), (0,)]) == [(0, 1), (0, 1)]  # ... yet every call sees the push before it
+        bad = Payload(2)
+        bad.bad = True
+        pool.broadcast("set_weights", bad, wait=False)
+        with pytest.raises(ray.exceptions.RayTaskError, match="weights do not fit the model"):
+            pool.map("rollout", [(1,), (1,)])  # not lost: the failed push is raised at the next call
+    finally:
+        pool.close()

@@ -5,7 +5,10 @@ in for the video track's sampler / reward models / learner, so the figures measu
 The loop is the production one: :class:`pipeline.runtime.BatchStream` (sample -> score, ``max_staleness`` steps
 ahead) and :class:`pipeline.weights.WeightSync` (versioned push of a real ``nn.Module`` state dict).
 Efficiency = steps/s divided by 1 / (slowest stage); Ray overhead = step time minus the stage work on the critical
-path (sync: rollout + reward + learn; async: the slowest stage), i.e. scheduling, transfers and the weight push.
+path, i.e. scheduling, transfers and the weight push. With S steps sampled ahead, step k + S starts when the learner
+asks for step k, so the period of the work alone is max(slowest stage, (rollout + reward + learn) / (S + 1)): the
+sum of the stages when synchronous (S = 0), the slowest stage once S is large enough to hide the sample -> score
+latency.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def pipeline_table(args: argparse.Namespace, runtime: RuntimeSection) -> list[di
         for staleness in [0, *args.max_staleness]:
             m = run_loop(args, runtime, workers=workers, staleness=staleness)
             slowest = max(m["rollout_s"], m["reward_s"], args.learn_s)
-            critical = m["rollout_s"] + m["reward_s"] + args.learn_s if staleness == 0 else slowest
+            critical = max(slowest, (m["rollout_s"] + m["reward_s"] + args.learn_s) / (staleness + 1))
             rows.append({"mode": "sync" if staleness == 0 else "async", "max_staleness": staleness,
                          "rollout_workers": workers, "rollout_s": m["rollout_s"], "reward_s": m["reward_s"],
                          "learn_s": args.learn_s, "step_s": m["step_s"], "steps_per_s": 1.0 / m["step_s"],
@@ -169,6 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> BenchResult:
     runtime = RuntimeSection(num_cpus=2, cpus_per_worker=0.5, max_restarts=0)
+    torch.set_num_threads(1)  # as every role: on 2 cores an idle OpenMP pool makes the driver's weight copy 5x slower
     with ray_session(runtime):
         pipeline = pipeline_table(args, runtime)
         sync = sync_table(args, runtime) if args.sync_params else []
@@ -176,8 +180,10 @@ def run(args: argparse.Namespace) -> BenchResult:
              f"{args.reward_s} s per step, learn {args.learn_s} s; {args.params / 1e6:g}M-parameter policy pushed "
              "every step; medians over the steps after the first 20%",
              "efficiency = steps/s / (1 / slowest stage); overhead_share = (step - stage work on the critical path) / "
-             "step (sync: rollout + reward + learn; async: the slowest stage): scheduling + transfers + weight push",
-             "async: BatchStream samples max_staleness steps ahead; the push is queued on the rollout actors "
-             "(applied before the next step's rollout); staleness = learner version - sampling version"]
+             "step, critical path = max(slowest stage, (rollout + reward + learn) / (max_staleness + 1)): "
+             "scheduling + transfers + weight push",
+             "async: BatchStream samples max_staleness steps ahead; the push is put and submitted by the rollout "
+             "pool's sender thread, queued on the rollout actors (applied before the next step's rollout); "
+             "staleness = learner version - sampling version"]
     return BenchResult(title="newtonrl bench pipeline", tables={"pipeline": pipeline, "weight sync": sync},
                        notes=notes)
