@@ -202,9 +202,9 @@ class RayPool:
         self._sender: ThreadPoolExecutor | None = None
         self._queued: deque[Future] = deque()  # jobs given to :meth:`later`, oldest first
         self._on_sender = threading.local()
-        self._unchecked: list = []  # refs of calls nobody waits for (asynchronous pushes): errors surface later
-        self._unchecked_lock = threading.Lock()
-        remote = ray.remote(role)
+        #: per worker, calls broadcast without waiting that ride along with the worker's next call (one Ray task)
+        self._pending: list[list[tuple[str, tuple]]] = [[] for _ in range(num_workers)]
+        remote = ray.remote(_with_then(role))
         res = role_resources(runtime)[kind]
         self.workers = []
         for i in range(num_workers):
@@ -217,7 +217,6 @@ class RayPool:
         jobs given before it; the driver goes on meanwhile. Direct calls on the pool wait for these jobs first."""
         while self._queued and self._queued[0].done() and self._queued[0].exception() is None:
             self._queued.popleft()
-        self._check_unobserved()
         if self._sender is None:
             self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"newtonrl-{self.name}-sender")
 
@@ -230,30 +229,19 @@ class RayPool:
         return future
 
     def drain(self) -> None:
-        """Wait until every job given to :meth:`later` has submitted its calls (re-raising a job's error), and
-        raise the error of any finished call nobody waited for (a worker that failed to apply weights)."""
+        """Wait until every job given to :meth:`later` has submitted its calls (re-raising a job's error)."""
         if getattr(self._on_sender, "active", False):
             return  # a queued job calling the pool: the jobs before it are done
         while self._queued:
             self._queued.popleft().result()
-        self._check_unobserved()
 
-    def _check_unobserved(self) -> None:
-        """Raise the error of a finished call nobody waits for; a dead worker's is left to :meth:`map`'s retries."""
-        import ray
-
-        with self._unchecked_lock:
-            refs, self._unchecked = self._unchecked, []
-        if not refs:
-            return
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
-        with self._unchecked_lock:
-            self._unchecked += pending
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError:  # restarted by Ray; the restart hooks re-send what it lost
-                pass
+    def _remote(self, worker: int, method: str, args: tuple) -> Any:
+        """Submit ``method(*args)`` to ``worker``, preceded in the same task by its pending broadcast calls."""
+        actor, pending = self.workers[worker], self._pending[worker]
+        if not pending:
+            return getattr(actor, method).remote(*args)
+        self._pending[worker] = []
+        return actor._then.remote(pending, method, *args)
 
     def map(self, method: str, calls: Sequence[tuple]) -> list[Any]:
         """Results of ``method(*call)`` in order; calls lost with a dead worker are re-done once Ray restarts it."""
@@ -262,7 +250,7 @@ class RayPool:
         self.drain()
         n, results, pending = len(self.workers), {}, list(range(len(calls)))
         for attempt in range(self.max_retries + 1):
-            refs = {i: getattr(self.workers[i % n], method).remote(*calls[i]) for i in pending}
+            refs = {i: self._remote(i % n, method, calls[i]) for i in pending}
             failed: dict[int, Exception] = {}
             for i, ref in refs.items():
                 try:
@@ -281,7 +269,6 @@ class RayPool:
                 self.wait_alive(w)
                 self.notify_restart(w)
             pending = sorted(failed)
-        self._check_unobserved()  # a worker runs calls in order: pushes queued before these are done by now
         return [results[i] for i in range(len(calls))]
 
     def call(self, method: str, *args: Any) -> Any:
@@ -290,18 +277,18 @@ class RayPool:
     def broadcast(self, method: str, *args: Any, wait: bool = True) -> list[Any] | None:
         """Call ``method`` with the same arguments on every worker; the arguments go to the object store once.
 
-        ``wait=False`` returns None at once: the sender thread puts the arguments and submits the calls
-        (:meth:`later`), so each worker runs the call after the calls already queued on it and before any submitted
-        later, which is what an asynchronous weight push needs; an error it raises surfaces at a later call.
+        ``wait=False`` returns None at once: the sender thread puts the arguments (:meth:`later`) and the call
+        rides along with each worker's next call, in the same Ray task and before it: each worker runs it after
+        the calls already queued on it and before any submitted later, which is what an asynchronous weight push
+        needs, and an error it raises is that next call's error.
         """
         import ray
 
         if not wait:
             def send() -> None:
                 refs = tuple(ray.put(a) for a in args)
-                sent = self.submit(method, [refs] * len(self.workers))
-                with self._unchecked_lock:
-                    self._unchecked += sent
+                for pending in self._pending:
+                    pending.append((method, refs))
 
             self.later(send)
             return None
@@ -313,7 +300,7 @@ class RayPool:
         arguments to another pool's calls (Ray hands the result over without the driver)."""
         self.drain()
         n = len(self.workers)
-        return [getattr(self.workers[i % n], method).remote(*call) for i, call in enumerate(calls)]
+        return [self._remote(i % n, method, call) for i, call in enumerate(calls)]
 
     def resolve(self, handles: list[Any]) -> list[Any]:
         import ray
@@ -340,7 +327,7 @@ class RayPool:
         import ray
 
         self.drain()
-        return ray.get(getattr(self.workers[worker], method).remote(*args))
+        return ray.get(self._remote(worker, method, args))
 
     def notify_restart(self, worker: int | None) -> None:
         """Run the restart hooks for ``worker`` (None: a worker of this pool, unknown which)."""
@@ -356,6 +343,20 @@ class RayPool:
         for actor in self.workers:
             ray.kill(actor)
         self.workers = []
+
+
+def _with_then(role: type) -> type:
+    """``role`` with ``_then(before, method, *args)``: run the ``(method, args)`` calls of ``before`` (their
+    arguments resolved from the object store), then ``method(*args)``, and return its result."""
+    def _then(self, before: list[tuple[str, tuple]], method: str, *args: Any) -> Any:  # noqa: ANN001 - a role
+        import ray
+
+        for name, call_args in before:
+            getattr(self, name)(*(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in call_args))
+        return getattr(self, method)(*args)
+
+    return type(role.__name__, (role,), {"_then": _then, "__module__": role.__module__,
+                                         "__qualname__": role.__qualname__})
 
 
 @dataclass

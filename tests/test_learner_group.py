@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.config import RuntimeSection
 from pipeline.learner_group import LearnerGroup, LearnerSettings, LearnerWorker, split
 from pipeline.runtime import LocalPool, Placement, make_pool, ray_session
-from pipeline.weights import WeightSync, WeightsMessage, apply_message, weights_message
+from pipeline.weights import WeightsMessage, WeightSync, apply_message, weights_message
 
 ray = pytest.importorskip("ray")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
