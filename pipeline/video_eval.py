@@ -3,6 +3,7 @@ NewtonBench metrics, their relative improvement, sample GIFs/PNGs, reward curves
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from envs.newton import render_clip, sample_spec
+from pipeline.errors import InputError
 from rewards.metrics import (
     ACCELERATION_RMSE,
     CENTROID_L2,
@@ -42,6 +44,29 @@ def relative_improvement(base: dict[str, float], post: dict[str, float]) -> dict
     return out
 
 
+def improvement_interval(base_rows: list[dict[str, float]], post_rows: list[dict[str, float]], *,
+                         resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
+    """Paired bootstrap interval of :func:`relative_improvement` over clips: ``[low, high]`` at ``level`` for the
+    mean of the five metrics and the kinematic residual. ``base_rows[i]`` and ``post_rows[i]`` are one clip's
+    metrics under the two policies (same scene, same noise); clips are resampled with replacement, in pairs."""
+    if len(base_rows) != len(post_rows) or not base_rows:
+        raise InputError(f"improvement_interval: need as many base as post-trained rows (> 0), got "
+                         f"{len(base_rows)} and {len(post_rows)}")
+    keys = (*FIVE_METRICS, KINEMATIC_RESIDUAL)
+    base = np.array([[r.get(k, np.nan) for k in keys] for r in base_rows], dtype=np.float64)
+    post = np.array([[r.get(k, np.nan) for k in keys] for r in post_rows], dtype=np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(base), size=(resamples, len(base)))
+    with warnings.catch_warnings():  # a resample without any finite value of a metric gives NaN: ignored below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        b, q = np.nanmean(base[picks], axis=1), np.nanmean(post[picks], axis=1)  # (resamples, metrics)
+        sign = np.array([-1.0 if k == MASK_IOU else 1.0 for k in keys])
+        gain = sign * (b - q) / np.abs(b)
+        five = np.nanmean(gain[:, :len(FIVE_METRICS)], axis=1)
+    tails = [50 * (1 - level), 100 - 50 * (1 - level)]
+    return {MEAN_FIVE: [float(v) for v in np.nanpercentile(five, tails)],
+            KINEMATIC_RESIDUAL: [float(v) for v in np.nanpercentile(gain[:, -1], tails)]}
+
+
 def displacement(video: np.ndarray, background: np.ndarray, context_frames: int) -> float:
     """Object displacement (px) between the last context frame and the last frame, from segmented masks."""
     cents = mask_centroids(segment_object(video, background=background))[context_frames - 1:]
@@ -50,13 +75,14 @@ def displacement(video: np.ndarray, background: np.ndarray, context_frames: int)
 
 
 def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSection
-                      ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], np.ndarray]:
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray], np.ndarray,
+                                 dict[str, list[dict[str, float]]]]:
     """Generate the same held-out scenes with the same initial noise for each policy (Euler ODE,
     ``eval.num_steps``) and average the NewtonBench metrics, the kinematic residual and the displacement, over
     all clips and per primitive.
 
     Returns (name -> metric means, plus ``by_primitive``: primitive -> name -> metric means (and ``clips``);
-    name -> videos (N, T, H, W, 3) uint8; references (N, T, H, W, 3) uint8).
+    name -> videos (N, T, H, W, 3) uint8; references (N, T, H, W, 3) uint8; name -> per-clip metric rows).
     """
     rng = np.random.default_rng(cfg.eval.seed)
     res, frames = cfg.data.resolution, cfg.data.num_frames
@@ -66,7 +92,7 @@ def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSe
     cond, tc = conditions.conditions(), conditions.context.shape[1]
     noise = torch.randn((len(clips), frames - tc, 3, res, res), generator=torch.Generator().manual_seed(cfg.eval.seed))
     sampler = SamplerConfig(num_steps=cfg.eval.num_steps)
-    results, videos, by_primitive = {}, {}, {}
+    results, videos, by_primitive, per_clip = {}, {}, {}, {}
     primitives = np.array([s.primitive for s in specs])
     for name, policy in policies.items():
         policy.net.eval()
@@ -79,7 +105,7 @@ def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSe
             row = evaluate_clip(gen, clip.video, reference_masks=clip.masks, background=background)
             row[DISPLACEMENT] = displacement(gen, background, tc)
             rows.append(row)
-        results[name] = _means(rows)
+        results[name], per_clip[name] = _means(rows), rows
         for prim in sorted(set(primitives)):
             chosen = [r for r, p in zip(rows, primitives, strict=True) if p == prim]
             by_primitive.setdefault(prim, {"clips": len(chosen)})[name] = _means(chosen)
@@ -87,7 +113,7 @@ def evaluate_policies(policies: dict[str, VideoPolicy], split: str, cfg: VideoSe
     ref_disp = [displacement(c.video, np.median(c.video, axis=0).astype(np.uint8), tc) for c in clips]
     results["reference"] = {DISPLACEMENT: float(np.mean(ref_disp))}
     results["by_primitive"] = by_primitive
-    return results, videos, conditions.reference
+    return results, videos, conditions.reference, per_clip
 
 
 def _means(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -128,10 +154,12 @@ def write_artifacts(out: Path, history: list[dict[str, float]], videos: dict[str
 
 def evaluate_run(cfg: VideoSection, base: VideoPolicy, post: VideoPolicy, split: str, out: Path | None = None,
                  history: list[dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
-    """Sections ``base``, ``post_trained``, ``reference`` (displacement) and ``improvement`` for one split;
-    writes the sample GIF/PNG (and curves when ``history`` is given) under ``out``."""
-    results, videos, reference = evaluate_policies({"base": base, "post_trained": post}, split, cfg)
+    """Sections ``base``, ``post_trained``, ``reference`` (displacement), ``improvement`` and ``improvement_ci95``
+    (paired bootstrap over the clips, :func:`improvement_interval`) for one split; writes the sample GIF/PNG (and
+    curves when ``history`` is given) under ``out``."""
+    results, videos, reference, rows = evaluate_policies({"base": base, "post_trained": post}, split, cfg)
     results["improvement"] = relative_improvement(results["base"], results["post_trained"])
+    results["improvement_ci95"] = improvement_interval(rows["base"], rows["post_trained"])
     for section in results["by_primitive"].values():
         section["improvement"] = relative_improvement(section["base"], section["post_trained"])
     if out is not None:
@@ -149,7 +177,9 @@ def report(summary: dict[str, Any]) -> str:
             gain = res["improvement"].get(key)
             lines.append(f"| {key} | {res['base'][key]:.4g} | {res['post_trained'][key]:.4g} | "
                          f"{'-' if gain is None else f'{gain:+.1%}'} |")
-        lines += [f"| mean of the five | | | {res['improvement'][MEAN_FIVE]:+.1%} |",
+        lo, hi = res.get("improvement_ci95", {}).get(MEAN_FIVE, (np.nan, np.nan))
+        lines += [f"| mean of the five | | | {res['improvement'][MEAN_FIVE]:+.1%} (95% CI {lo:+.1%} to {hi:+.1%}, "
+                  f"{sum(sec['clips'] for sec in res.get('by_primitive', {}).values())} clips) |",
                   f"| reference {DISPLACEMENT} | {res['reference'][DISPLACEMENT]:.4g} | | |", "",
                   "| primitive | clips | kinematic residual base -> post | change | mean of the five |",
                   "|---|---|---|---|---|"]

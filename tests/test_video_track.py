@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pipeline.config import dump_config, parse_config
-from pipeline.errors import ConfigError
-from pipeline.video_eval import MEAN_FIVE, evaluate_run, relative_improvement
+from pipeline.errors import ConfigError, InputError
+from pipeline.video_eval import MEAN_FIVE, evaluate_run, improvement_interval, relative_improvement
 from pipeline.video_track import (
     TIMINGS,
     RewardSection,
@@ -130,6 +130,31 @@ def test_identical_policies_evaluate_identically(tiny_model):
     res = evaluate_run(cfg, load_policy(cfg.model), load_policy(cfg.model), "test")
     assert res["base"] == res["post_trained"]
     assert res["improvement"]["centroid_l2"] == 0.0 and res["reference"]["displacement_px"] > 1.0
+    assert res["improvement_ci95"] == {MEAN_FIVE: [0.0, 0.0], "kinematic_residual": [0.0, 0.0]}
+
+
+def _clip_rows(rng: np.random.Generator, clips: int, gain: float) -> tuple[list[dict], list[dict]]:
+    """Per-clip metrics: base ~ 1 + noise; post = base scaled by (1 - gain) (IoU by 1 + gain), plus noise."""
+    keys = ("centroid_l2", "chamfer", "mask_iou", "velocity_rmse", "acceleration_rmse", "kinematic_residual")
+    base = 1.0 + 0.3 * rng.standard_normal((clips, len(keys)))
+    post = base * np.where(np.array(keys) == "mask_iou", 1 + gain, 1 - gain) + 0.3 * rng.standard_normal(base.shape)
+    return ([dict(zip(keys, row, strict=True)) for row in base], [dict(zip(keys, row, strict=True)) for row in post])
+
+
+def test_improvement_interval_covers_the_true_gain_and_narrows_with_clips():
+    rng = np.random.default_rng(0)
+    hits, widths = 0, {48: [], 192: []}
+    for trial in range(100):  # true relative gain of every metric, hence of their mean: 0.1
+        interval = improvement_interval(*_clip_rows(rng, 48, 0.1), resamples=400, seed=trial)[MEAN_FIVE]
+        hits += interval[0] <= 0.1 <= interval[1]
+        widths[48].append(interval[1] - interval[0])
+    for trial in range(20):
+        interval = improvement_interval(*_clip_rows(rng, 192, 0.1), resamples=400, seed=trial)[MEAN_FIVE]
+        widths[192].append(interval[1] - interval[0])
+    assert 0.85 <= hits / 100 <= 1.0  # a 95% interval
+    assert 1.6 < np.median(widths[48]) / np.median(widths[192]) < 2.5  # ~ sqrt(4)
+    with pytest.raises(InputError, match="as many base as post-trained rows"):
+        improvement_interval([{}], [])
 
 
 def test_run_video_then_eval_command(tiny_model, tmp_path):
@@ -153,7 +178,9 @@ def test_run_video_then_eval_command(tiny_model, tmp_path):
     assert set(data["by_primitive"]) <= set(PRIMITIVES)
     assert sum(sec["clips"] for sec in data["by_primitive"].values()) == 2
     assert all({"base", "post_trained", "improvement"} <= set(sec) for sec in data["by_primitive"].values())
-    assert "| primitive | clips |" in report
+    low, high = data["improvement_ci95"][MEAN_FIVE]
+    assert low <= data["improvement"][MEAN_FIVE] <= high
+    assert "| primitive | clips |" in report and "(95% CI " in report
 
     from diffusers import UNet2DModel
     from safetensors.torch import load_file

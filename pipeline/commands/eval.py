@@ -1,8 +1,9 @@
 """``newtonrl eval RUN_DIR``: SFT base vs post-trained video policy on held-out scenes.
 
 Prints a table and, with ``--json PATH``, writes ``{"split", "base": {...}, "post_trained": {...},
-"reference": {...}, "improvement": {...}}``; ``base``/``post_trained`` hold ``kinematic_residual``, the five
-NewtonBench metrics by name and ``displacement_px`` (mean object travel, to spot motionless collapse).
+"reference": {...}, "improvement": {...}, "improvement_ci95": {...}}``; ``base``/``post_trained`` hold
+``kinematic_residual``, the five NewtonBench metrics by name and ``displacement_px`` (mean object travel, to spot
+motionless collapse); ``improvement_ci95`` the paired-bootstrap 95% interval of the mean-of-five and residual gains.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def main(args: argparse.Namespace) -> int:
     for key in (*FIVE_METRICS, KINEMATIC_RESIDUAL, DISPLACEMENT):
         rows.append(f"{key:<20}{results['base'][key]:>12.4g}{results['post_trained'][key]:>12.4g}"
                     f"{results['improvement'].get(key, float('nan')):>+9.1%}")
-    rows.append(f"{MEAN_FIVE:<44}{results['improvement'][MEAN_FIVE]:>+9.1%}")
+    lo, hi = results["improvement_ci95"][MEAN_FIVE]
+    rows.append(f"{MEAN_FIVE:<44}{results['improvement'][MEAN_FIVE]:>+9.1%}  (95% CI {lo:+.1%} to {hi:+.1%}, paired "
+                f"bootstrap over {cfg.eval.clips} clips)")
     print("\n".join(rows))  # noqa: T201 - CLI output
     if args.json:
         Path(args.json).write_text(json.dumps({"split": args.split, **results}, indent=2))
