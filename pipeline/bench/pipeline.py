@@ -163,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learn-s", type=float, default=0.1, help="learner cost per step")
     parser.add_argument("--cost", choices=["sleep", "busy"], default="sleep", help="how a stage spends its cost")
     parser.add_argument("--params", type=int, default=1_000_000, help="policy parameters pushed every step")
-    parser.add_argument("--max-staleness", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--max-staleness", type=int, nargs="+", default=[1, 2, 3],
                         help="async modes to run: steps sampled ahead of the learner")
     parser.add_argument("--sync-params", type=float, nargs="*", default=[1e5, 1e6, 1e7, 5e7],
                         help="model sizes (parameters) for the weight-sync table")
