@@ -169,6 +169,8 @@ def test_run_video_then_eval_command(tiny_model, tmp_path):
     out = tmp_path / "eval.json"
     args = argparse.Namespace(run_dir=str(tmp_path), split="ood-speed", clips=2, json=str(out), out=None)
     assert eval_cmd.main(args) == 0
+    with pytest.raises(ConfigError, match="--clips = 0: expected at least 1 clip"):
+        eval_cmd.main(argparse.Namespace(**{**vars(args), "clips": 0}))
     data = json.loads(out.read_text())
     for section in ("base", "post_trained"):
         assert {"kinematic_residual", "centroid_l2", "chamfer", "mask_iou", "velocity_rmse",

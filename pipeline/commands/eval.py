@@ -17,7 +17,7 @@ import torch
 
 from envs.newton import SPLITS
 from pipeline.config import load_config
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.video_eval import DISPLACEMENT, FIVE_METRICS, MEAN_FIVE, evaluate_run
 from pipeline.video_track import load_policy, load_post_trained, parse_video_section
 from rewards.metrics import KINEMATIC_RESIDUAL
@@ -41,6 +41,8 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(run_dir / "config.yaml")
     cfg = parse_video_section(config.video)
     if args.clips is not None:
+        if args.clips < 1:
+            raise ConfigError(f"--clips = {args.clips}: expected at least 1 clip")
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"clips": args.clips})})
     torch.set_num_threads(cfg.threads)
     post = load_post_trained(cfg, run_dir)
