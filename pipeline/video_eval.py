@@ -59,12 +59,11 @@ def improvement_interval(base_rows: list[dict[str, float]], post_rows: list[dict
     with warnings.catch_warnings():  # a resample without any finite value of a metric gives NaN: ignored below
         warnings.simplefilter("ignore", RuntimeWarning)
         b, q = np.nanmean(base[picks], axis=1), np.nanmean(post[picks], axis=1)  # (resamples, metrics)
-        sign = np.array([-1.0 if k == MASK_IOU else 1.0 for k in keys])
-        gain = sign * (b - q) / np.abs(b)
-        five = np.nanmean(gain[:, :len(FIVE_METRICS)], axis=1)
+        gains = [relative_improvement(dict(zip(keys, rb, strict=True)), dict(zip(keys, rq, strict=True)))
+                 for rb, rq in zip(b, q, strict=True)]
     tails = [50 * (1 - level), 100 - 50 * (1 - level)]
-    return {MEAN_FIVE: [float(v) for v in np.nanpercentile(five, tails)],
-            KINEMATIC_RESIDUAL: [float(v) for v in np.nanpercentile(gain[:, -1], tails)]}
+    return {key: [float(v) for v in np.nanpercentile([g[key] for g in gains], tails)]
+            for key in (MEAN_FIVE, KINEMATIC_RESIDUAL)}
 
 
 def displacement(video: np.ndarray, background: np.ndarray, context_frames: int) -> float:
