@@ -182,3 +182,53 @@ def test_queued_pushes_keep_the_driver_order_and_their_errors_surface(ray_gpu):
             pool.map("rollout", [(1,), (1,)])  # not lost: the failed push is raised at the next call
     finally:
         pool.close()
+
+
+class Traced(int):
+    """A version that records the thread it was unpickled on (slowly: 0.3 s)."""
+
+    thread = 0
+
+    def __reduce__(self) -> tuple:
+        return (_traced, (int(self),))
+
+
+def _traced(version: int) -> Traced:
+    import threading
+    import time
+
+    time.sleep(0.3)
+    out = Traced(version)
+    out.thread = threading.get_ident()
+    return out
+
+
+class Staging(Versioned):
+    """A Versioned role that can be kept busy and tells which thread unpickled its weights and which samples."""
+
+    def set_weights(self, version: Traced) -> int:
+        self.unpickled_on = version.thread
+        return super().set_weights(int(version))
+
+    def work(self, seconds: float) -> None:
+        import time
+
+        time.sleep(seconds)
+
+    def rollout(self, step: int) -> tuple[int, int, bool]:
+        import threading
+
+        return step, self.version, self.unpickled_on == threading.get_ident()
+
+
+def test_a_busy_worker_stages_a_push_while_it_works_and_an_idle_one_fetches_it_itself(ray_gpu):
+    pool = make_pool(Staging, 1, runtime=RuntimeSection())
+    try:
+        pool.broadcast("set_weights", Traced(1), wait=False)
+        assert pool.map("rollout", [(0,)]) == [(0, 1, True)]  # idle: fetched by the call that needs it
+        busy = pool.submit("work", [(1.0,)])
+        pool.broadcast("set_weights", Traced(2), wait=False)
+        assert pool.map("rollout", [(1,)]) == [(1, 2, False)]  # busy: unpickled on the staging thread meanwhile
+        pool.resolve(busy)
+    finally:
+        pool.close()

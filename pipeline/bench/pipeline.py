@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> BenchResult:
              "step, critical path = max(slowest stage, (rollout + reward + learn) / (max_staleness + 1)): "
              "scheduling + transfers + weight push",
              "async: BatchStream samples max_staleness steps ahead; the push is put and submitted by the rollout "
-             "pool's sender thread, queued on the rollout actors (applied before the next step's rollout); "
+             "pool's sender thread, fetched by a busy rollout actor on its staging thread and applied before the next "
+             "step's rollout; "
              "staleness = learner version - sampling version"]
     return BenchResult(title="newtonrl bench pipeline", tables={"pipeline": pipeline, "weight sync": sync},
                        notes=notes)
