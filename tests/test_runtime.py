@@ -226,7 +226,7 @@ def test_a_busy_worker_stages_a_push_while_it_works_and_an_idle_one_fetches_it_i
     try:
         pool.broadcast("set_weights", Traced(1), wait=False)
         assert pool.map("rollout", [(0,)]) == [(0, 1, True)]  # idle: fetched by the call that needs it
-        busy = pool.submit("work", [(1.0,)])
+        busy = pool.submit("work", [(2.0,)])
         pool.broadcast("set_weights", Traced(2), wait=False)
         assert pool.map("rollout", [(1,)]) == [(1, 2, False)]  # busy: unpickled on the staging thread meanwhile
         pool.resolve(busy)
