@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from pipeline.config import RuntimeSection, Strict
 from pipeline.errors import ConfigError
+from rewards.newton import REWARD_NAMES
 
 
 class ModelSection(Strict):
@@ -41,11 +42,21 @@ class RewardSection(Strict):
     flow: str = "dis"  # flow backend of the kinematic reward for scoring (reward_grad always uses 'lk')
     features: str = "appearance"  # feature backend of the mass reward
     weights: dict[str, float] = Field(default_factory=lambda: {"kinematic": 1.0, "mass": 1.0})  # reward -> weight
-    # (kinematic, mass). With reward_grad use kinematic alone: the appearance-feature mass reward is gamed by
-    # reward gradients (objects stop moving; measured)
+    # (kinematic: flow residual, mass, trajectory: centre-of-mass residual; rewards.newton). With reward_grad
+    # leave mass out: the appearance-feature mass reward is gamed by reward gradients (objects stop; measured)
     advantage_mode: Literal["weighted_sum", "per_reward"] = "weighted_sum"  # see pipeline.learners.advantages;
     # per_reward turns the near-constant mass reward of a group into pure noise
     advantage_clip: float = Field(5.0, gt=0)  # |A| bound
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> RewardSection:
+        unknown = sorted(set(self.weights) - set(REWARD_NAMES))
+        if unknown:
+            raise ValueError(f"weights: unknown rewards {unknown}; expected some of {list(REWARD_NAMES)}")
+        values = list(self.weights.values())
+        if not any(w > 0 for w in values) or not all(math.isfinite(w) and w >= 0 for w in values):
+            raise ValueError(f"weights: expected finite weights >= 0, at least one > 0; got {self.weights}")
+        return self
 
 
 class LearnerSection(Strict):

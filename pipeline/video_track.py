@@ -35,7 +35,7 @@ from envs.newton import render_clip, sample_spec
 from pipeline.checkpoint import Checkpoint, rng_state, save_checkpoint, set_rng_state, truncate_metrics
 from pipeline.commands.export import video_model_spec
 from pipeline.config import RuntimeSection
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import InputError
 from pipeline.learner_group import LearnerGroup, LearnerSettings
 from pipeline.learners.advantages import AdvantageConfig, compute_advantages
 from pipeline.learners.group import GroupLearner
@@ -62,6 +62,7 @@ from rewards.newton import (
     kinematic_residual_torch,
     kinematic_reward,
     mass_distance_torch,
+    trajectory_residual_torch,
 )
 from rollouts.models import VideoPolicy, load_tiny_policy, load_transformer_policy
 from rollouts.samplers import default_window
@@ -199,20 +200,27 @@ def post_train(cfg: VideoSection, *, rollout, scorer, learner, rng: np.random.Ge
 
 
 class NewtonScorer:
-    """Reward role adapter: ``score(videos, references) -> {'kinematic': r_kin, 'mass': r_mass}``, each (B,).
+    """Reward role adapter: ``score(videos, references) -> {'kinematic': r_kin, 'mass': r_mass}``, each (B,), plus
+    ``'trajectory': r_traj`` when ``video.reward.weights`` names it.
 
     Wraps :class:`rewards.newton.NewtonRewardRole`; a sample it flags invalid scores NaN (:func:`fill_invalid`
     then gives it the batch minimum, once the shards of a batch are together)."""
 
     def __init__(self, section: RewardSection, *, worker_index: int = 0) -> None:
-        self.role = NewtonRewardRole(NewtonRewardConfig(flow=section.flow, features=section.features))
+        self.role = NewtonRewardRole(NewtonRewardConfig(flow=section.flow, features=section.features,
+                                                        trajectory_weight=section.weights.get("trajectory", 0.0)))
         self.config = self.role.config
 
     def score(self, videos: np.ndarray, references: np.ndarray) -> dict[str, np.ndarray]:
         scored = self.role.score(list(videos), list(references))
-        kin = np.array([kinematic_reward(r, self.config.kinematic) if np.isfinite(r) else np.nan
-                        for r in scored.residual])
-        return {"kinematic": kin, "mass": scored.mass.astype(np.float64)}
+        out = {"kinematic": self._reward(scored.residual), "mass": scored.mass.astype(np.float64)}
+        if self.config.trajectory_weight > 0:
+            out["trajectory"] = self._reward(scored.trajectory)
+        return out
+
+    def _reward(self, residuals: np.ndarray) -> np.ndarray:
+        """log10(cap / R) per residual (NaN stays NaN: a flagged sample)."""
+        return np.array([kinematic_reward(r, self.config.kinematic) if np.isfinite(r) else np.nan for r in residuals])
 
     def score_rollout(self, batch: RolloutBatch) -> RolloutBatch:
         """``batch`` with its rewards (the reward step of :class:`pipeline.runtime.BatchStream`)."""
@@ -233,10 +241,8 @@ def fill_invalid(rewards: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def newton_reward_fn(section: RewardSection):
     """Differentiable named rewards for :class:`RewardGradLearner` (only those with a weight are computed):
-    'kinematic' through the Lucas-Kanade flow, 'mass' through the configured feature backend."""
-    unknown = sorted(set(section.weights) - {"kinematic", "mass"})
-    if unknown:
-        raise ConfigError(f"config key 'video.reward.weights': unknown rewards {unknown}; expected kinematic, mass")
+    'kinematic' through the Lucas-Kanade flow, 'mass' through the configured feature backend, 'trajectory'
+    through the soft object masks (background: the reference clip's temporal median)."""
     kin_cfg = NewtonRewardConfig().kinematic
     flow = make_flow("lk") if "kinematic" in section.weights else None
     features = make_features(section.features) if "mass" in section.weights else None
@@ -247,6 +253,9 @@ def newton_reward_fn(section: RewardSection):
             out["kinematic"] = kinematic_reward(kinematic_residual_torch(video, flow=flow, config=kin_cfg), kin_cfg)
         if features is not None:
             out["mass"] = -mass_distance_torch(video, reference, features=features)
+        if "trajectory" in section.weights:
+            background = reference.detach().median(dim=1).values
+            out["trajectory"] = kinematic_reward(trajectory_residual_torch(video, background, config=kin_cfg), kin_cfg)
         return out
     return reward_fn
 

@@ -30,8 +30,19 @@ on rendered NewtonBench scenes (``newtonrl bench newton-truth``):
    A motionless clip (E, S -> 0) tends to R = ``cap``, the worst score, instead of a trivial 0.
 4. Reward: r_kin = log10(cap / clip(R, floor, cap)) in [0, log10(cap / floor)]; higher = more Newtonian.
 
+Trajectory residual: the same statistic on a second velocity proxy, the object's centre of mass. Soft object masks
+m_t = sigmoid((max_rgb |x_t - background| - threshold) / softness), shifted to 0 on the background (background:
+the per-pixel temporal median of a reference clip of the scene, or of the clip itself), give the centroid
+c_t = sum_p m_t(p) p / sum_p m_t(p); under a constant force it moves as c0 + v0 t + a t^2 / 2, so its velocities
+v_t = c_{t+1} - c_t are linear in t. R_traj = (S(v) + cap * s0^2) / (mean_t |v_t|^2 + s0^2), rewarded as
+r_traj = log10(cap / clip(R_traj, floor, cap)). The flow residual sees the motion of textured pixels, this one the
+displacement of the object's mass: a clip can lower one without the other (a flickering shape, a jittering
+centroid), and the NewtonBench metrics are measured on the centroid track. Differentiable in the pixels, so a
+reward-gradient learner can use it.
+
 Mass-conservation reward: r_mass = -(1 - cos(f(generated), f(reference))) in [-2, 0], f a frozen feature
-backend (:mod:`rewards.features`) and the reference a clip of the same scene. Combined: w_kin r_kin + w_mass r_mass.
+backend (:mod:`rewards.features`) and the reference a clip of the same scene.
+Combined: w_kin r_kin + w_mass r_mass + w_traj r_traj.
 """
 
 from __future__ import annotations
@@ -54,6 +65,10 @@ logger = logging.getLogger(__name__)
 #: the second difference of the flow needs three flow fields, hence four frames
 MIN_FRAMES = 4
 REDUCTIONS = ("projection", "variance", "second_difference")
+
+
+#: named rewards of :class:`NewtonRewardConfig` / the reward roles
+REWARD_NAMES = ("kinematic", "mass", "trajectory")
 
 
 @dataclass(frozen=True)
@@ -96,9 +111,73 @@ def residual_from_flow(flow: torch.Tensor, config: KinematicConfig = KinematicCo
     """Kinematic residual R (B,) of flow fields (B, T-1, 2, H, W) px/frame, T >= 4; differentiable."""
     if flow.ndim != 5 or flow.shape[1] < MIN_FRAMES - 1 or flow.shape[2] != 2:
         raise InputError(f"flow: expected (B, T-1 >= {MIN_FRAMES - 1}, 2, H, W), got {tuple(flow.shape)}")
-    velocity, energy = object_motion(flow)
+    return residual_from_velocity(*object_motion(flow), config)
+
+
+def residual_from_velocity(velocity: torch.Tensor, energy: torch.Tensor,
+                           config: KinematicConfig = KinematicConfig()) -> torch.Tensor:
+    """R = (S(velocity) + cap s0^2) / (mean_t energy + s0^2), (B,): velocity (B, N, 2) px/frame, N >= 3, and
+    energy (B, N) px^2/frame^2 (see the module docstring); differentiable."""
     s02 = config.min_speed**2
     return (_spread(velocity, config.reduction) + config.cap * s02) / (energy.mean(dim=1) + s02)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Soft object masks of the trajectory residual: ``threshold`` and ``softness`` of the sigmoid on the largest
+    per-channel difference to the background, in units of the [-1, 1] pixel range (0.15 ~ 19 of 255 levels)."""
+
+    threshold: float = 0.15
+    softness: float = 0.03
+
+    def __post_init__(self) -> None:
+        if not (0 < self.threshold < 2 and self.softness > 0):
+            raise ConfigError(f"reward.mask threshold/softness: need 0 < threshold < 2 and softness > 0, got "
+                              f"{self.threshold}, {self.softness}")
+
+
+def centroid_track(x: torch.Tensor, background: torch.Tensor | None = None,
+                   mask: MaskConfig = MaskConfig()) -> torch.Tensor:
+    """Centroids (B, T, 2) px (x, y) of the soft object masks of a batch (B, T, 3, H, W) in [-1, 1].
+
+    ``background`` (B, 3, H, W) in [-1, 1]: the empty scene; default the per-pixel temporal median of ``x``
+    (no gradient flows through the background). The sigmoid is shifted to give exactly 0 where a pixel equals
+    the background, so the empty scene does not pull the centroid towards the frame centre. A frame without any
+    object has its centroid at (0, 0): a jump, so such clips score badly, as they should.
+    """
+    if background is None:
+        background = x.median(dim=1).values
+    difference = (x - background.detach()[:, None]).abs().amax(dim=2)  # (B, T, H, W)
+    floor = torch.sigmoid(torch.tensor(-mask.threshold / mask.softness, dtype=x.dtype))
+    weights = ((torch.sigmoid((difference - mask.threshold) / mask.softness) - floor) / (1 - floor)).clamp_min(0)
+    h, w = weights.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+    area = weights.sum(dim=(2, 3)).clamp_min(1e-3)
+    return torch.stack([(weights * xs).sum(dim=(2, 3)) / area, (weights * ys).sum(dim=(2, 3)) / area], dim=-1)
+
+
+def trajectory_residual_torch(x: torch.Tensor, background: torch.Tensor | None = None, *,
+                              config: KinematicConfig = KinematicConfig(),
+                              mask: MaskConfig = MaskConfig()) -> torch.Tensor:
+    """Trajectory residual R_traj (B,) of a batch (B, T, 3, H, W) in [-1, 1], T >= 4 (module docstring);
+    ``background`` as in :func:`centroid_track`. Differentiable in ``x``."""
+    check_video_batch(x, min_frames=MIN_FRAMES)
+    velocity = torch.diff(centroid_track(x, background, mask), dim=1)
+    return residual_from_velocity(velocity, (velocity**2).sum(-1), config)
+
+
+def trajectory_residual(video: np.ndarray, background: np.ndarray | None = None, *,
+                        config: KinematicConfig = KinematicConfig(), mask: MaskConfig = MaskConfig()) -> float:
+    """Trajectory residual of one clip (T, H, W, 3) uint8, T >= 4; ``background`` (H, W, 3) uint8, default the
+    clip's per-pixel temporal median. Lower = more Newtonian; ``config.cap`` for a clip where nothing moves."""
+    check_clip(video, min_frames=MIN_FRAMES)
+    bg = None
+    if background is not None:
+        if background.shape != video.shape[1:]:
+            raise InputError(f"background: expected shape {video.shape[1:]}, got {background.shape}")
+        bg = to_unit(background[None])[:, 0]
+    with torch.no_grad():
+        return float(trajectory_residual_torch(to_unit(video), bg, config=config, mask=mask)[0])
 
 
 def _spread(velocity: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -159,33 +238,38 @@ def mass_reward(video: np.ndarray, reference: np.ndarray, *, features: FeatureBa
 
 @dataclass(frozen=True)
 class NewtonRewardConfig:
-    """Weights and backends of the combined reward r = kinematic_weight * r_kin + mass_weight * r_mass.
+    """Weights and backends of the combined reward
+    r = kinematic_weight * r_kin + mass_weight * r_mass + trajectory_weight * r_traj.
 
-    kinematic_weight, mass_weight: >= 0, not both 0 (mass_weight 0: no reference clip needed).
+    kinematic_weight, mass_weight, trajectory_weight: >= 0, not all 0 (mass_weight 0: no reference clip needed;
+    the trajectory residual takes the reference's temporal median as the background when there is a reference).
     flow / flow_options: flow backend name and its options (:mod:`rewards.flow`).
     features / features_options: feature backend name and its options (:mod:`rewards.features`).
-    kinematic: settings of the residual.
+    kinematic: settings of the residuals (flow and trajectory); mask: the trajectory residual's soft masks.
     """
 
     kinematic_weight: float = 1.0
     mass_weight: float = 1.0
+    trajectory_weight: float = 0.0
     flow: str = "dis"
     flow_options: dict = field(default_factory=dict)
     features: str = "appearance"
     features_options: dict = field(default_factory=dict)
     kinematic: KinematicConfig = field(default_factory=KinematicConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
 
     def __post_init__(self) -> None:
-        weights = (self.kinematic_weight, self.mass_weight)
+        weights = (self.kinematic_weight, self.mass_weight, self.trajectory_weight)
         if min(weights) < 0 or max(weights) == 0 or not all(math.isfinite(w) for w in weights):
-            raise ConfigError(f"reward.kinematic_weight/mass_weight: need finite values >= 0, not both 0; got "
-                              f"{weights}")
+            raise ConfigError(f"reward.kinematic_weight/mass_weight/trajectory_weight: need finite values >= 0, not "
+                              f"all 0; got {weights}")
 
 
 def combined_reward(video: np.ndarray, reference: np.ndarray | None = None, *,
                     config: NewtonRewardConfig = NewtonRewardConfig(), flow: FlowBackend | None = None,
                     features: FeatureBackend | None = None) -> float:
-    """kinematic_weight * r_kin + mass_weight * r_mass of one clip; ``reference`` is needed iff mass_weight > 0."""
+    """kinematic_weight * r_kin + mass_weight * r_mass + trajectory_weight * r_traj of one clip; ``reference`` is
+    needed iff mass_weight > 0 (with trajectory_weight > 0 its temporal median is the background)."""
     reward = 0.0
     if config.kinematic_weight > 0:
         flow = flow or make_flow(config.flow, **config.flow_options)
@@ -196,6 +280,10 @@ def combined_reward(video: np.ndarray, reference: np.ndarray | None = None, *,
             raise InputError("reference: the mass reward (mass_weight > 0) needs a reference clip of the same scene")
         features = features or make_features(config.features, **config.features_options)
         reward += config.mass_weight * mass_reward(video, reference, features=features)
+    if config.trajectory_weight > 0:
+        background = None if reference is None else np.median(reference, axis=0).astype(np.uint8)
+        residual = trajectory_residual(video, background, config=config.kinematic, mask=config.mask)
+        reward += config.trajectory_weight * kinematic_reward(residual, config.kinematic)
     return reward
 
 
@@ -212,6 +300,12 @@ def combined_reward_torch(x: torch.Tensor, reference: torch.Tensor | None = None
         with torch.no_grad():
             check_video_batch(reference, name="reference", min_frames=2)
         reward = reward - config.mass_weight * mass_distance_torch(x, reference.detach(), features=features)
+    if config.trajectory_weight > 0:
+        if reference is not None and reference.shape != x.shape:
+            raise InputError(f"reference: shape {tuple(reference.shape)} differs from the video's {tuple(x.shape)}")
+        background = None if reference is None else reference.detach().median(dim=1).values
+        residual = trajectory_residual_torch(x, background, config=config.kinematic, mask=config.mask)
+        reward = reward + config.trajectory_weight * kinematic_reward(residual, config.kinematic)
     return reward
 
 
@@ -222,6 +316,7 @@ class ScoredBatch:
     rewards: (B,) float64 combined reward; 0.0 where ``valid`` is False (exclude those samples).
     valid: (B,) bool. reasons: B strings, empty for valid samples, else what was wrong.
     residual: (B,) kinematic residual R (NaN where not computed). mass: (B,) r_mass (NaN where not computed).
+    trajectory: (B,) trajectory residual R_traj (NaN where not computed).
     """
 
     rewards: np.ndarray
@@ -229,6 +324,7 @@ class ScoredBatch:
     reasons: list[str]
     residual: np.ndarray
     mass: np.ndarray
+    trajectory: np.ndarray
 
 
 class NewtonRewardRole:
@@ -251,12 +347,14 @@ class NewtonRewardRole:
         """Why a sample cannot be scored, or '' if it can."""
         try:
             check_clip(video, min_frames=MIN_FRAMES)
-            if self.config.mass_weight > 0:
-                if reference is None:
-                    raise InputError("reference: missing (mass_weight > 0 needs a reference clip)")
+            if self.config.mass_weight > 0 and reference is None:
+                raise InputError("reference: missing (mass_weight > 0 needs a reference clip)")
+            if reference is not None and (self.config.mass_weight > 0 or self.config.trajectory_weight > 0):
                 check_clip(reference, name="reference", min_frames=MIN_FRAMES)
                 if len(reference) != len(video):
                     raise InputError(f"reference: has {len(reference)} frames, the video {len(video)}")
+                if self.config.trajectory_weight > 0 and reference.shape != video.shape:
+                    raise InputError(f"reference: shape {reference.shape} differs from the video's {video.shape}")
         except InputError as exc:
             return str(exc)
         return ""
@@ -272,7 +370,7 @@ class NewtonRewardRole:
         for i in range(b):
             if reasons[i]:
                 logger.warning("reward: sample %d flagged invalid: %s", i, reasons[i])
-        residual, mass = np.full(b, np.nan), np.full(b, np.nan)
+        residual, mass, trajectory = np.full(b, np.nan), np.full(b, np.nan), np.full(b, np.nan)
         rewards = np.zeros(b)
         cfg = self.config
         if cfg.kinematic_weight > 0:
@@ -285,5 +383,10 @@ class NewtonRewardRole:
             cos = (gen * ref).sum(1) / (np.linalg.norm(gen, axis=1) * np.linalg.norm(ref, axis=1) + 1e-8)
             mass[ok] = cos - 1
             rewards[ok] += cfg.mass_weight * mass[ok]
+        if cfg.trajectory_weight > 0:
+            for i in ok:
+                background = None if refs[i] is None else np.median(refs[i], axis=0).astype(np.uint8)
+                trajectory[i] = trajectory_residual(videos[i], background, config=cfg.kinematic, mask=cfg.mask)
+                rewards[i] += cfg.trajectory_weight * kinematic_reward(trajectory[i], cfg.kinematic)
         return ScoredBatch(rewards=rewards, valid=np.array([not r for r in reasons]), reasons=reasons,
-                           residual=residual, mass=mass)
+                           residual=residual, mass=mass, trajectory=trajectory)

@@ -20,6 +20,8 @@ from rewards.newton import (
     kinematic_reward,
     mass_reward,
     residual_from_flow,
+    trajectory_residual,
+    trajectory_residual_torch,
 )
 from rewards.video_io import to_unit
 
@@ -152,3 +154,51 @@ def test_config_validation_names_the_key() -> None:
         NewtonRewardConfig(kinematic_weight=0.0, mass_weight=0.0)
     with pytest.raises(ConfigError, match="floor"):
         KinematicConfig(floor=2.0)
+
+
+def square_clip(positions: np.ndarray, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A 4x4 white square with its top-left corner at integer ``positions`` (T, 2) (x, y) on a grey background:
+    (clip (T, H, W, 3) uint8, background (H, W, 3) uint8)."""
+    background = np.full((size, size, 3), 90, np.uint8)
+    clip = np.repeat(background[None], len(positions), axis=0)
+    for frame, (x, y) in zip(clip, positions.astype(int), strict=True):
+        frame[y:y + 4, x:x + 4] = 250
+    return clip, background
+
+
+@pytest.mark.parametrize("reduction", ["projection", "variance", "second_difference"])
+def test_trajectory_residual_matches_the_closed_form_on_a_moving_square(reduction: str) -> None:
+    positions = np.array([[2, 3], [4, 3], [7, 4], [9, 6], [12, 7], [14, 10], [15, 12], [18, 15]])
+    clip, background = square_clip(positions)
+    cfg = KinematicConfig(reduction=reduction)
+    v = np.diff(positions.astype(float), axis=0)  # the square's centroid moves as its corner
+    expected = (independent_spread(v, reduction) + cfg.cap * cfg.min_speed**2) / ((v**2).sum(1).mean() +
+                                                                                 cfg.min_speed**2)
+    assert trajectory_residual(clip, background, config=cfg) == pytest.approx(expected, rel=1e-4)
+    still, _ = square_clip(np.repeat(positions[:1], 8, axis=0))
+    assert trajectory_residual(still, background, config=cfg) == pytest.approx(cfg.cap)
+
+
+def test_trajectory_residual_ranks_rendered_physics_above_its_twins_and_is_differentiable(scene) -> None:
+    clip, twins, _ = scene
+    background = np.median(clip.video, axis=0).astype(np.uint8)  # the empty scene: the object never lingers
+    physical = trajectory_residual(clip.video, background)
+    assert physical < 0.02 and trajectory_residual(clip.video) == pytest.approx(physical)
+    for name in ("accel", "teleport", "jitter"):
+        assert trajectory_residual(twins[name], background) > 3 * physical, name
+    assert trajectory_residual(twins["frozen"], background) == pytest.approx(KinematicConfig().cap)
+    x = torch.cat([to_unit(clip.video), to_unit(twins["jitter"])]).requires_grad_(True)
+    residual = trajectory_residual_torch(x, to_unit(background[None])[:, 0].expand(2, -1, -1, -1))
+    assert residual[0] < residual[1]
+    residual.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # as a weighted reward: the reference clip of the scene gives the background (here the clip itself)
+    config = NewtonRewardConfig(mass_weight=0.0, trajectory_weight=1.0)
+    both = combined_reward(clip.video, clip.video, config=config)
+    alone = combined_reward(clip.video, config=NewtonRewardConfig(mass_weight=0.0))
+    assert both == pytest.approx(alone + kinematic_reward(physical), rel=1e-5)
+    scored = NewtonRewardRole(config).score([clip.video, twins["jitter"], clip.video],
+                                            [clip.video, clip.video, clip.video[:, :32]])
+    assert scored.valid.tolist() == [True, True, False] and "shape" in scored.reasons[2]
+    assert scored.trajectory[0] == pytest.approx(physical) and scored.rewards[0] == pytest.approx(both, rel=1e-5)
+    assert scored.rewards[1] < scored.rewards[0] and np.isnan(scored.trajectory[2])
