@@ -57,8 +57,19 @@ def test_config_errors_name_the_key():
         parse_video_section({"learner": {"algorithm": "ddpo"}})
     with pytest.raises(ConfigError, match="video.bogus"):
         parse_video_section({"bogus": 1})
-    with pytest.raises(ConfigError, match="unknown rewards \\['speed'\\]"):
-        newton_reward_fn(RewardSection(weights={"speed": 1.0}))
+    with pytest.raises(ConfigError, match="video.reward': weights: unknown rewards \\['speed'\\]"):
+        parse_video_section({"reward": {"weights": {"speed": 1.0}}})
+    with pytest.raises(ConfigError, match="at least one > 0"):
+        parse_video_section({"reward": {"weights": {"kinematic": 0.0}}})
+
+
+def test_reward_gradient_rewards_are_the_weighted_ones_and_differentiable():
+    fn = newton_reward_fn(RewardSection(weights={"trajectory": 1.0}))
+    video = (torch.rand(2, 8, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    out = fn(video, torch.rand(2, 8, 3, 16, 16) * 2 - 1)
+    assert set(out) == {"trajectory"} and torch.isfinite(out["trajectory"]).all()
+    out["trajectory"].sum().backward()
+    assert torch.isfinite(video.grad).all() and video.grad.abs().sum() > 0
 
 
 class _Recorder:
