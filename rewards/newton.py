@@ -30,15 +30,17 @@ on rendered NewtonBench scenes (``newtonrl bench newton-truth``):
    A motionless clip (E, S -> 0) tends to R = ``cap``, the worst score, instead of a trivial 0.
 4. Reward: r_kin = log10(cap / clip(R, floor, cap)) in [0, log10(cap / floor)]; higher = more Newtonian.
 
-Trajectory residual: the same statistic on a second velocity proxy, the object's centre of mass. Soft object masks
+Trajectory residual: the same test on a second velocity proxy, the object's centre of mass. Soft object masks
 m_t = sigmoid((max_rgb |x_t - background| - threshold) / softness), shifted to 0 on the background (background:
 the per-pixel temporal median of a reference clip of the scene, or of the clip itself), give the centroid
-c_t = sum_p m_t(p) p / sum_p m_t(p); under a constant force it moves as c0 + v0 t + a t^2 / 2, so its velocities
-v_t = c_{t+1} - c_t are linear in t. R_traj = (S(v) + cap * s0^2) / (mean_t |v_t|^2 + s0^2), rewarded as
-r_traj = log10(cap / clip(R_traj, floor, cap)). The flow residual sees the motion of textured pixels, this one the
-displacement of the object's mass: a clip can lower one without the other (a flickering shape, a jittering
-centroid), and the NewtonBench metrics are measured on the centroid track. Differentiable in the pixels, so a
-reward-gradient learner can use it.
+c_t = sum_p m_t(p) p / sum_p m_t(p); under a constant force it moves as c0 + v0 t + a t^2 / 2. With S_c the mean
+squared residual of the least-squares quadratic fitted to c_t (px^2) and v_t = c_{t+1} - c_t,
+R_traj = (S_c + cap * s0^2) / (mean_t |v_t|^2 + s0^2), rewarded as r_traj = log10(cap / clip(R_traj, floor, cap)).
+It is fitted to positions rather than velocities because differencing the centroid doubles the weight of its
+frame-to-frame jitter. The flow residual sees the motion of textured pixels, this one the displacement of the
+object's mass: a clip can lower one without the other (a flickering shape, a jittering centroid), and the
+NewtonBench metrics are measured on the centroid track. Differentiable in the pixels, so a reward-gradient learner
+can use it.
 
 Mass-conservation reward: r_mass = -(1 - cos(f(generated), f(reference))) in [-2, 0], f a frozen feature
 backend (:mod:`rewards.features`) and the reference a clip of the same scene.
@@ -162,8 +164,10 @@ def trajectory_residual_torch(x: torch.Tensor, background: torch.Tensor | None =
     """Trajectory residual R_traj (B,) of a batch (B, T, 3, H, W) in [-1, 1], T >= 4 (module docstring);
     ``background`` as in :func:`centroid_track`. Differentiable in ``x``."""
     check_video_batch(x, min_frames=MIN_FRAMES)
-    velocity = torch.diff(centroid_track(x, background, mask), dim=1)
-    return residual_from_velocity(velocity, (velocity**2).sum(-1), config)
+    track = centroid_track(x, background, mask)
+    speed2 = (torch.diff(track, dim=1) ** 2).sum(-1).mean(-1)
+    s02 = config.min_speed**2
+    return (polynomial_misfit(track, degree=2) + config.cap * s02) / (speed2 + s02)
 
 
 def trajectory_residual(video: np.ndarray, background: np.ndarray | None = None, *,
@@ -180,14 +184,21 @@ def trajectory_residual(video: np.ndarray, background: np.ndarray | None = None,
         return float(trajectory_residual_torch(to_unit(video), bg, config=config, mask=mask)[0])
 
 
+def polynomial_misfit(values: torch.Tensor, degree: int) -> torch.Tensor:
+    """Mean squared residual (B,) of the least-squares fit of a polynomial in t of ``degree`` to ``values``
+    (B, N, 2), N > degree: how far the sequence is from one such polynomial."""
+    n = values.shape[1]
+    times = torch.arange(n, dtype=values.dtype)
+    times = (times - times.mean()) / n
+    basis = torch.stack([times**k for k in range(degree + 1)], dim=1)  # (N, degree + 1)
+    residual = values - basis @ torch.linalg.pinv(basis) @ values
+    return (residual**2).sum(-1).mean(-1)
+
+
 def _spread(velocity: torch.Tensor, reduction: str) -> torch.Tensor:
     """Temporal statistic S (B,) px^2/frame^2 of velocities (B, N, 2), N >= 3 (see the module docstring)."""
     if reduction == "projection":
-        n = velocity.shape[1]
-        times = torch.arange(n, dtype=velocity.dtype)
-        basis = torch.stack([torch.ones_like(times), times - times.mean()], dim=1)  # (N, 2)
-        residual = velocity - basis @ torch.linalg.pinv(basis) @ velocity
-        return (residual**2).sum(-1).mean(-1)
+        return polynomial_misfit(velocity, degree=1)
     accel = velocity[:, 1:] - velocity[:, :-1]
     if reduction == "variance":
         return ((accel - accel.mean(dim=1, keepdim=True)) ** 2).sum(-1).mean(-1)
