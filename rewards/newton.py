@@ -31,8 +31,8 @@ on rendered NewtonBench scenes (``newtonrl bench newton-truth``):
 4. Reward: r_kin = log10(cap / clip(R, floor, cap)) in [0, log10(cap / floor)]; higher = more Newtonian.
 
 Trajectory residual: the same test on a second velocity proxy, the object's centre of mass. Soft object masks
-m_t = sigmoid((max_rgb |x_t - background| - threshold) / softness), shifted to 0 on the background (background:
-the per-pixel temporal median of a reference clip of the scene, or of the clip itself), give the centroid
+m_t = sigmoid((max_rgb |x_t - background| - threshold) / softness) (background: the per-pixel temporal median
+of a reference clip of the scene, or of the clip itself; see :func:`centroid_track`) give the centroid
 c_t = sum_p m_t(p) p / sum_p m_t(p); under a constant force it moves as c0 + v0 t + a t^2 / 2. With S_c the mean
 squared residual of the least-squares quadratic fitted to c_t (px^2) and v_t = c_{t+1} - c_t,
 R_traj = (S_c + cap * s0^2) / (mean_t |v_t|^2 + s0^2), rewarded as r_traj = log10(cap / clip(R_traj, floor, cap)).
@@ -143,15 +143,15 @@ def centroid_track(x: torch.Tensor, background: torch.Tensor | None = None,
     """Centroids (B, T, 2) px (x, y) of the soft object masks of a batch (B, T, 3, H, W) in [-1, 1].
 
     ``background`` (B, 3, H, W) in [-1, 1]: the empty scene; default the per-pixel temporal median of ``x``
-    (no gradient flows through the background). The sigmoid is shifted to give exactly 0 where a pixel equals
-    the background, so the empty scene does not pull the centroid towards the frame centre. A frame without any
-    object has its centroid at (0, 0): a jump, so such clips score badly, as they should.
+    (no gradient flows through the background). Every pixel keeps a weight of at least sigmoid(-threshold /
+    softness) (0.0067 by default), so the centroid of a faint object is pulled towards the frame centre: fading
+    the object out makes its track jump instead of hiding its motion (measured: with the weights shifted to 0 on
+    the background, reward-gradient training gained 2-5 points less on the five NewtonBench metrics).
     """
     if background is None:
         background = x.median(dim=1).values
     difference = (x - background.detach()[:, None]).abs().amax(dim=2)  # (B, T, H, W)
-    floor = torch.sigmoid(torch.tensor(-mask.threshold / mask.softness, dtype=x.dtype))
-    weights = ((torch.sigmoid((difference - mask.threshold) / mask.softness) - floor) / (1 - floor)).clamp_min(0)
+    weights = torch.sigmoid((difference - mask.threshold) / mask.softness)
     h, w = weights.shape[-2:]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
     area = weights.sum(dim=(2, 3)).clamp_min(1e-3)

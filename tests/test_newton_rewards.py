@@ -11,6 +11,7 @@ from pipeline.errors import ConfigError, InputError
 from rewards.flow import make_flow
 from rewards.newton import (
     KinematicConfig,
+    MaskConfig,
     NewtonRewardConfig,
     NewtonRewardRole,
     combined_reward,
@@ -166,21 +167,30 @@ def square_clip(positions: np.ndarray, size: int = 32) -> tuple[np.ndarray, np.n
     return clip, background
 
 
+def soft_centroids(positions: np.ndarray, size: int) -> np.ndarray:
+    """Centroids (T, 2) of square_clip's soft masks, from the two pixel weights: the square's and the background's."""
+    mask = MaskConfig()
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    inside, outside = sigmoid(((250 - 90) / 127.5 - mask.threshold) / mask.softness), sigmoid(-mask.threshold /
+                                                                                           mask.softness)
+    grid_sum, n = size * (size - 1) / 2 * size, size * size  # sum of x (or y) over the frame, pixel count
+    square_sum = 16 * (positions + 1.5)  # sum of x (or y) over the square's 16 pixels
+    return (inside * square_sum + outside * (grid_sum - square_sum)) / (inside * 16 + outside * (n - 16))
+
+
 def test_trajectory_residual_matches_the_closed_form_on_a_moving_square() -> None:
-    positions = np.array([[2, 3], [4, 3], [7, 4], [9, 6], [12, 7], [14, 10], [15, 12], [18, 15]])
-    clip, background = square_clip(positions)
     cfg = KinematicConfig()
-    t = np.arange(len(positions))  # the square's centroid moves as its corner: fit quadratics to the corner
-    fit = np.stack([np.polyval(np.polyfit(t, positions[:, k], 2), t) for k in range(2)], axis=1)
-    misfit = ((positions - fit) ** 2).sum(1).mean()
-    speed2 = (np.diff(positions, axis=0) ** 2).sum(1).mean()
-    expected = (misfit + cfg.cap * cfg.min_speed**2) / (speed2 + cfg.min_speed**2)
-    assert trajectory_residual(clip, background) == pytest.approx(expected, rel=1e-4)
-    parabola = np.stack([2 + 3 * t, 3 + t**2], axis=1)  # constant acceleration (0, 2) px/frame^2, on the pixel grid
-    speed2 = (np.diff(parabola, axis=0) ** 2).sum(1).mean()
-    expected = cfg.cap * cfg.min_speed**2 / (speed2 + cfg.min_speed**2)  # only the min_speed term is left
-    assert trajectory_residual(*square_clip(parabola, size=64)) == pytest.approx(expected, rel=1e-3)
-    still, _ = square_clip(np.repeat(positions[:1], 8, axis=0))
+    t = np.arange(8)
+    for positions, size in [(np.array([[2, 3], [4, 3], [7, 4], [9, 6], [12, 7], [14, 10], [15, 12], [18, 15]]), 32),
+                            (np.stack([2 + 3 * t, 3 + t**2], axis=1), 64)]:  # an exact parabola on the pixel grid
+        clip, background = square_clip(positions, size)
+        c = soft_centroids(positions, size)
+        fit = np.stack([np.polyval(np.polyfit(t, c[:, k], 2), t) for k in range(2)], axis=1)
+        misfit, speed2 = ((c - fit) ** 2).sum(1).mean(), (np.diff(c, axis=0) ** 2).sum(1).mean()
+        expected = (misfit + cfg.cap * cfg.min_speed**2) / (speed2 + cfg.min_speed**2)
+        assert trajectory_residual(clip, background) == pytest.approx(expected, rel=1e-4)
+    assert misfit < 1e-12  # the parabola: only the min_speed term is left
+    still, _ = square_clip(np.repeat(positions[:1], 8, axis=0), 64)
     assert trajectory_residual(still, background) == pytest.approx(cfg.cap)
 
 
