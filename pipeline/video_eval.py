@@ -21,6 +21,7 @@ from rewards.metrics import (
     VELOCITY_RMSE,
     evaluate_clip,
 )
+from rewards.newton import REWARD_NAMES
 from rewards.segment import mask_centroids, segment_object
 from rollouts.models import VideoPolicy
 from rollouts.samplers import sample_deterministic
@@ -143,8 +144,8 @@ def write_artifacts(out: Path, history: list[dict[str, float]], videos: dict[str
     iio.imwrite(paths[0], frames, duration=250, loop=0)
     iio.imwrite(paths[1], np.concatenate(list(frames[3::4]), axis=1))
     steps = list(range(1, len(history) + 1))
-    series = {k: (steps, [h[k] for h in history]) for k in history[0] if k.startswith("reward_") or k == "kinematic"
-              or k == "mass"} if history else {}
+    series = {k: (steps, [h[k] for h in history]) for k in history[0] if k.startswith("reward_")
+              or k in REWARD_NAMES} if history else {}
     if series:
         paths.append(line_plot(out / "video_rewards.png", series, title="video post-training rewards",
                                xlabel="iteration", ylabel="mean reward", logy=False))
